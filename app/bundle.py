@@ -1,0 +1,186 @@
+"""The model bundle: the one contract between `training/` (which writes it) and `app/` (which serves it).
+
+A bundle is a directory holding:
+    model.onnx     served with onnxruntime; input: raw RGB pixels, float32 0..255, NHWC
+    model.keras    the same network as a Keras model, used only for Grad-CAM
+    metadata.json  `BundleMetadata` below, including SHA-256 checksums of both model files
+    MODEL_CARD.md  human-readable summary (optional for loading)
+
+This module must stay importable without TensorFlow or onnxruntime: the service imports it at start-up
+and training imports it to write bundles.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+SCHEMA_VERSION = 1
+ONNX_FILENAME = "model.onnx"
+KERAS_FILENAME = "model.keras"
+METADATA_FILENAME = "metadata.json"
+MODEL_CARD_FILENAME = "MODEL_CARD.md"
+CLASS_NAMES: tuple[str, str] = ("NORMAL", "PNEUMONIA")
+
+RESEARCH_DISCLAIMER = (
+    "Research use only. This model is not a medical device, has not been clinically validated, "
+    "and must not be used for diagnosis, triage or any clinical decision."
+)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+
+
+class OperatingPoint(_Strict):
+    """A named decision threshold and what it achieved on the validation split."""
+
+    name: str
+    threshold: float = Field(ge=0.0, le=1.0)
+    sensitivity: float = Field(ge=0.0, le=1.0, description="Validation sensitivity (recall) at this threshold.")
+    specificity: float = Field(ge=0.0, le=1.0, description="Validation specificity at this threshold.")
+    description: str = ""
+
+
+class Estimate(_Strict):
+    """A metric measured on a split, with a 95% bootstrap confidence interval when one was computed."""
+
+    value: float
+    ci_low: float | None = None
+    ci_high: float | None = None
+
+
+class SplitMetrics(_Strict):
+    split: str
+    n_images: int
+    n_positive: int
+    threshold: float
+    metrics: dict[str, Estimate]
+    confusion_matrix: list[list[int]] = Field(description="[[TN, FP], [FN, TP]] at `threshold`.")
+
+
+class Preprocessing(_Strict):
+    """What the model expects. Everything else (scaling, normalisation) is inside the model."""
+
+    input_height: int = Field(gt=0)
+    input_width: int = Field(gt=0)
+    channels: Literal[3] = 3
+    color: Literal["RGB"] = "RGB"
+    dtype: Literal["float32"] = "float32"
+    layout: Literal["NHWC"] = "NHWC"
+    value_range: tuple[float, float] = (0.0, 255.0)
+    resize: str = "grayscale, then bilinear resize to input size ignoring aspect ratio, replicated to RGB"
+
+
+class DataSummary(_Strict):
+    dataset: str
+    source: str
+    licence: str
+    split_method: str
+    split_seed: int
+    counts: dict[str, dict[str, int]] = Field(description="Images per split and class.")
+
+
+class FileChecksums(_Strict):
+    onnx_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    keras_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+class BundleMetadata(_Strict):
+    schema_version: Literal[1] = SCHEMA_VERSION
+    name: str = Field(description="Human-readable model name, e.g. 'mobilenetv2-128'.")
+    version: str
+    backbone: str
+    package_version: str
+    created_at: datetime
+    class_names: tuple[str, str] = CLASS_NAMES
+    positive_class: Literal["PNEUMONIA"] = "PNEUMONIA"
+    preprocessing: Preprocessing
+    onnx_input_name: str
+    onnx_output_name: str
+    gradcam_layer: str = Field(description="Layer of model.keras whose activations Grad-CAM uses.")
+    logit_layer: str = Field(description="Layer of model.keras that outputs the logit (before the sigmoid).")
+    temperature: float = Field(gt=0.0, description="Temperature baked into the logit (1.0 = uncalibrated).")
+    default_operating_point: str
+    operating_points: list[OperatingPoint] = Field(min_length=1)
+    validation: SplitMetrics
+    stress: dict[str, dict[str, float]] = Field(
+        default_factory=dict, description="Validation metrics under perturbations (contrast, gamma, blur...)."
+    )
+    training: dict[str, str | int | float | bool | None] = Field(default_factory=dict)
+    data: DataSummary
+    intended_use: str
+    limitations: list[str]
+    disclaimer: str = RESEARCH_DISCLAIMER
+    checksums: FileChecksums
+
+    @model_validator(mode="after")
+    def _default_point_exists(self) -> BundleMetadata:
+        names = [p.name for p in self.operating_points]
+        if len(set(names)) != len(names):
+            raise ValueError(f"operating point names must be unique, got {names}")
+        if self.default_operating_point not in names:
+            raise ValueError(f"default_operating_point {self.default_operating_point!r} is not one of {names}")
+        return self
+
+    def operating_point(self, name: str | None = None) -> OperatingPoint:
+        wanted = name or self.default_operating_point
+        for point in self.operating_points:
+            if point.name == wanted:
+                return point
+        raise KeyError(wanted)
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        return self.preprocessing.input_height, self.preprocessing.input_width
+
+
+class BundleError(RuntimeError):
+    """The bundle directory cannot be served: missing files, invalid metadata or checksum mismatch."""
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_metadata(bundle_dir: Path) -> BundleMetadata:
+    path = Path(bundle_dir) / METADATA_FILENAME
+    if not path.is_file():
+        raise BundleError(f"{path}: metadata.json is missing")
+    try:
+        return BundleMetadata.model_validate_json(path.read_bytes())
+    except ValidationError as exc:
+        raise BundleError(f"{path}: invalid metadata: {exc}") from exc
+
+
+def verify_file(bundle_dir: Path, filename: str, expected_sha256: str) -> Path:
+    """Return the path of a model file after checking it exists and matches its recorded checksum."""
+    path = Path(bundle_dir) / filename
+    if not path.is_file():
+        raise BundleError(f"{path}: file is missing")
+    actual = sha256_file(path)
+    if actual != expected_sha256:
+        raise BundleError(
+            f"{path}: checksum mismatch (metadata says {expected_sha256[:12]}…, file is {actual[:12]}…); "
+            "the file was modified or truncated after export"
+        )
+    return path
+
+
+def write_metadata(bundle_dir: Path, metadata: BundleMetadata) -> Path:
+    path = Path(bundle_dir) / METADATA_FILENAME
+    path.write_text(json.dumps(metadata.model_dump(mode="json"), indent=2) + "\n")
+    return path
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc).replace(microsecond=0)

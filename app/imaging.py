@@ -1,0 +1,208 @@
+"""Bytes -> decoded X-ray -> model input. The one preprocessing path, shared by training and serving.
+
+`decode_image` turns uploaded bytes (JPEG, PNG or DICOM; the format is sniffed from the bytes, never taken
+from a file name or Content-Type) into an 8-bit grayscale array. `to_model_input` resizes it to the
+model's input size and replicates it to RGB float32 0..255; all further scaling lives inside the model.
+Training decodes every image through these same two functions, so serving cannot drift from training.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+DICOM_MAGIC_OFFSET = 128
+DICOM_MAGIC = b"DICM"
+DEFAULT_MAX_PIXELS = 50_000_000
+MIN_SIDE = 32
+MAX_ASPECT_RATIO = 8.0
+PIL_FORMATS = frozenset({"JPEG", "PNG"})
+
+
+class ImageInputError(ValueError):
+    """An upload that cannot be used as a chest X-ray. `code` is stable and machine-readable."""
+
+    code = "invalid_image"
+    status_code = 422
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+
+class EmptyImageError(ImageInputError):
+    code = "empty_file"
+    status_code = 400
+
+
+class UnsupportedFormatError(ImageInputError):
+    code = "unsupported_format"
+    status_code = 415
+
+
+class CorruptImageError(ImageInputError):
+    code = "corrupt_image"
+    status_code = 422
+
+
+class ImageTooLargeError(ImageInputError):
+    code = "too_many_pixels"
+    status_code = 413
+
+
+class ImageShapeError(ImageInputError):
+    code = "bad_dimensions"
+    status_code = 422
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    """An 8-bit grayscale image as decoded from the upload, before resizing."""
+
+    pixels: np.ndarray  # (H, W) uint8
+    source_format: str  # "JPEG", "PNG" or "DICOM"
+    warnings: tuple[str, ...] = field(default=())
+
+    @property
+    def height(self) -> int:
+        return int(self.pixels.shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.pixels.shape[1])
+
+
+def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:
+    """Decode JPEG, PNG or DICOM bytes into an 8-bit grayscale image, or raise an `ImageInputError`."""
+    if not data:
+        raise EmptyImageError("The uploaded file is empty.")
+    if data[DICOM_MAGIC_OFFSET : DICOM_MAGIC_OFFSET + 4] == DICOM_MAGIC:
+        return _decode_dicom(data, max_pixels)
+    return _decode_pillow(data, max_pixels)
+
+
+def to_model_input(image: DecodedImage | np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize a grayscale image to `size` (height, width) and return float32 RGB 0..255 of shape (H, W, 3)."""
+    pixels = image.pixels if isinstance(image, DecodedImage) else image
+    if pixels.dtype != np.uint8 or pixels.ndim != 2:
+        raise ValueError(f"expected a 2-D uint8 grayscale image, got {pixels.dtype} {pixels.shape}")
+    height, width = size
+    resized = Image.fromarray(pixels).resize((width, height), Image.Resampling.BILINEAR)
+    gray = np.asarray(resized, dtype=np.float32)  # (H, W)
+    return np.repeat(gray[:, :, None], 3, axis=2)  # (H, W, 3)
+
+
+def load_model_input(path: Path, size: tuple[int, int], *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Decode a file from disk exactly as the service decodes an upload. Used by training."""
+    return to_model_input(decode_image(Path(path).read_bytes(), max_pixels=max_pixels), size)
+
+
+def _check_dimensions(width: int, height: int, max_pixels: int) -> None:
+    if width * height > max_pixels:
+        raise ImageTooLargeError(
+            f"The image is {width}x{height} pixels ({width * height:,}); the limit is {max_pixels:,} pixels."
+        )
+    if min(width, height) < MIN_SIDE:
+        raise ImageShapeError(f"The image is {width}x{height} pixels; each side must be at least {MIN_SIDE}.")
+    if max(width, height) / min(width, height) > MAX_ASPECT_RATIO:
+        raise ImageShapeError(
+            f"The image is {width}x{height} pixels; an aspect ratio above {MAX_ASPECT_RATIO:g}:1 is not a chest X-ray."
+        )
+
+
+def _decode_pillow(data: bytes, max_pixels: int) -> DecodedImage:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageTooLargeError(f"The image declares too many pixels: {exc}") from exc
+    except UnidentifiedImageError as exc:
+        raise UnsupportedFormatError(
+            "The file is not a recognised image. Upload a JPEG, PNG or DICOM chest X-ray."
+        ) from exc
+    with image:
+        if image.format not in PIL_FORMATS:
+            raise UnsupportedFormatError(
+                f"{image.format} images are not supported. Upload a JPEG, PNG or DICOM chest X-ray."
+            )
+        _check_dimensions(image.width, image.height, max_pixels)
+        notes: list[str] = []
+        try:
+            image.load()
+            image = ImageOps.exif_transpose(image)
+            gray, colour_note = _pil_to_gray(image)
+        except (OSError, SyntaxError, ValueError) as exc:  # Pillow reports broken streams this way
+            raise CorruptImageError(f"The {image.format} file is damaged or truncated ({exc}).") from exc
+    if colour_note:
+        notes.append(colour_note)
+    return DecodedImage(pixels=gray, source_format=str(image.format or "PNG"), warnings=tuple(notes))
+
+
+def _pil_to_gray(image: Image.Image) -> tuple[np.ndarray, str | None]:
+    """Any Pillow mode -> (H, W) uint8. Deeper-than-8-bit data is stretched min..max."""
+    mode = image.mode
+    if mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        return _stretch_to_uint8(np.asarray(image, dtype=np.float64)), None
+    if mode in ("P", "PA", "LA", "RGBA", "La", "RGBa"):
+        # Transparent pixels become black (the background of an X-ray), not an arbitrary palette colour.
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        image = Image.alpha_composite(background, rgba).convert("RGB")
+    if image.mode != "L":
+        rgb = np.asarray(image.convert("RGB"), dtype=np.int16)
+        colour_note = None
+        if float(np.abs(rgb - rgb.mean(axis=2, keepdims=True)).mean()) > 8.0:
+            colour_note = "The image has colour content; chest X-rays are grayscale. Is this an X-ray?"
+        return np.asarray(image.convert("L"), dtype=np.uint8), colour_note
+    return np.asarray(image, dtype=np.uint8), None
+
+
+def _stretch_to_uint8(values: np.ndarray) -> np.ndarray:
+    low, high = float(values.min()), float(values.max())
+    if high <= low:
+        return np.zeros(values.shape, dtype=np.uint8)
+    return np.round((values - low) * (255.0 / (high - low))).astype(np.uint8)
+
+
+def _decode_dicom(data: bytes, max_pixels: int) -> DecodedImage:
+    import pydicom  # imported lazily: only DICOM uploads pay for it
+    from pydicom.errors import InvalidDicomError
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    try:
+        dataset = pydicom.dcmread(io.BytesIO(data))
+    except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError) as exc:
+        raise CorruptImageError(f"The DICOM file could not be read ({exc}).") from exc
+    if "PixelData" not in dataset:
+        raise CorruptImageError("The DICOM file has no pixel data (is it a report or structured document?).")
+    rows, columns = int(dataset.get("Rows", 0)), int(dataset.get("Columns", 0))
+    _check_dimensions(columns, rows, max_pixels)
+    notes: list[str] = []
+    try:
+        pixels = dataset.pixel_array
+    except (NotImplementedError, RuntimeError) as exc:
+        raise UnsupportedFormatError(
+            f"This DICOM transfer syntax cannot be decoded here ({dataset.file_meta.get('TransferSyntaxUID', '?')})."
+        ) from exc
+    except (ValueError, AttributeError, TypeError, KeyError, EOFError) as exc:
+        raise CorruptImageError(f"The DICOM pixel data is damaged ({exc}).") from exc
+    frames = int(dataset.get("NumberOfFrames", 1) or 1)
+    samples = int(dataset.get("SamplesPerPixel", 1) or 1)
+    if frames > 1:
+        pixels = pixels[0]
+        notes.append(f"The DICOM has {frames} frames; only the first was used.")
+    if samples == 1:
+        values = apply_voi_lut(apply_modality_lut(pixels, dataset), dataset).astype(np.float64)
+        if str(dataset.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1":
+            values = values.max() - values  # MONOCHROME1: low values are white
+    else:
+        values = np.asarray(pixels, dtype=np.float64).mean(axis=-1)
+    if values.ndim != 2:
+        raise CorruptImageError(f"Unexpected DICOM pixel array shape {values.shape}.")
+    return DecodedImage(pixels=_stretch_to_uint8(values), source_format="DICOM", warnings=tuple(notes))
