@@ -132,6 +132,7 @@ def _decode_pillow(data: bytes, max_pixels: int) -> DecodedImage:
                 f"{image.format} images are not supported. Upload a JPEG, PNG or DICOM chest X-ray."
             )
         _check_dimensions(image.width, image.height, max_pixels)
+        source_format = str(image.format)  # exif_transpose returns a copy whose .format is None
         notes: list[str] = []
         try:
             image.load()
@@ -141,7 +142,7 @@ def _decode_pillow(data: bytes, max_pixels: int) -> DecodedImage:
             raise CorruptImageError(f"The {image.format} file is damaged or truncated ({exc}).") from exc
     if colour_note:
         notes.append(colour_note)
-    return DecodedImage(pixels=gray, source_format=str(image.format or "PNG"), warnings=tuple(notes))
+    return DecodedImage(pixels=gray, source_format=source_format, warnings=tuple(notes))
 
 
 def _pil_to_gray(image: Image.Image) -> tuple[np.ndarray, str | None]:
