@@ -1,0 +1,66 @@
+"""Dependencies as `Annotated` aliases (FastAPI full-stack template style)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Query, Request
+
+from app.api.errors import ApiError
+from app.config import Settings
+from app.metrics import Metrics
+from app.service import ModelService
+
+
+def get_app_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_metrics(request: Request) -> Metrics:
+    return request.app.state.metrics
+
+
+def get_service(request: Request) -> ModelService:
+    service = getattr(request.app.state, "service", None)
+    if service is None:
+        raise ApiError(503, "not_ready", "The model is still loading; retry shortly.", {"Retry-After": "1"})
+    return service
+
+
+SettingsDep = Annotated[Settings, Depends(get_app_settings)]
+MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+ServiceDep = Annotated[ModelService, Depends(get_service)]
+
+
+@dataclass(frozen=True)
+class Decision:
+    threshold: float
+    operating_point: str
+
+
+def get_decision(
+    service: ServiceDep,
+    operating_point: Annotated[
+        str | None, Query(description="Named operating point from GET /model (default: the model's default)")
+    ] = None,
+    threshold: Annotated[
+        float | None, Query(ge=0.0, le=1.0, description="Custom decision threshold; excludes operating_point")
+    ] = None,
+) -> Decision:
+    metadata = service.metadata
+    if operating_point is not None and threshold is not None:
+        raise ApiError(422, "invalid_request", "Give either operating_point or threshold, not both.")
+    if threshold is not None:
+        return Decision(threshold=threshold, operating_point="custom")
+    names = [p.name for p in metadata.operating_points]
+    if operating_point is not None and operating_point not in names:
+        raise ApiError(
+            422, "unknown_operating_point",
+            f"Unknown operating_point {operating_point!r}; valid names: {', '.join(names)}.",
+        )
+    point = metadata.operating_point(operating_point)
+    return Decision(threshold=point.threshold, operating_point=point.name)
+
+
+DecisionDep = Annotated[Decision, Depends(get_decision)]

@@ -1,0 +1,7 @@
+from fastapi import APIRouter
+
+from app.api.routes import explain, health, metrics, model, predict
+
+api_router = APIRouter()
+for module in (predict, explain, health, model, metrics):
+    api_router.include_router(module.router)

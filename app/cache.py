@@ -1,0 +1,90 @@
+"""A bounded, thread-safe, in-memory TTL cache of recent predictions (for GET /explain/{id}).
+
+Entries expire `ttl_s` after insertion; beyond `max_entries` (or `max_bytes` of pixels) the least recently
+used entry is evicted. Nothing is ever written to disk.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from app.imaging import DecodedImage
+
+
+@dataclass(frozen=True)
+class CachedPrediction:
+    image: DecodedImage
+    probability: float
+    created_at: float
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.image.pixels.nbytes)
+
+
+def new_prediction_id() -> str:
+    return uuid.uuid4().hex
+
+
+class PredictionCache:
+    def __init__(
+        self,
+        max_entries: int,
+        ttl_s: float,
+        *,
+        max_bytes: int | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.max_entries = max_entries
+        self.ttl_s = ttl_s
+        self.max_bytes = max_bytes
+        self._clock = clock
+        self._entries: OrderedDict[str, CachedPrediction] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def put(self, key: str, image: DecodedImage, probability: float) -> None:
+        entry = CachedPrediction(image=image, probability=float(probability), created_at=self._clock())
+        with self._lock:
+            if self.max_entries <= 0 or (self.max_bytes is not None and entry.nbytes > self.max_bytes):
+                return
+            self._pop(key)
+            self._entries[key] = entry
+            self._bytes += entry.nbytes
+            self._expire_locked()
+            while len(self._entries) > self.max_entries or (
+                self.max_bytes is not None and self._bytes > self.max_bytes
+            ):
+                self._pop(next(iter(self._entries)))
+
+    def get(self, key: str) -> CachedPrediction | None:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                return None
+            if self._clock() - entry.created_at >= self.ttl_s:
+                self._pop(key)
+                return None
+            self._entries.move_to_end(key)
+            return entry
+
+    def __len__(self) -> int:
+        with self._lock:
+            self._expire_locked()
+            return len(self._entries)
+
+    def _expire_locked(self) -> None:
+        now = self._clock()
+        expired = [k for k, e in self._entries.items() if now - e.created_at >= self.ttl_s]
+        for key in expired:
+            self._pop(key)
+
+    def _pop(self, key: str) -> None:
+        entry = self._entries.pop(key, None)
+        if entry is not None:
+            self._bytes -= entry.nbytes

@@ -1,0 +1,36 @@
+"""Service settings: one typed object, read from `PNEUMONIA_*` environment variables."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+MiB = 1024 * 1024
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PNEUMONIA_", extra="ignore", protected_namespaces=())
+
+    model_dir: Path = Field(default=REPO_ROOT / "models" / "default", description="Bundle directory to serve.")
+    max_upload_bytes: int = Field(default=20 * MiB, gt=0, description="Largest accepted request body.")
+    max_pixels: int = Field(default=50_000_000, gt=0, description="Largest accepted decoded image (w*h).")
+    onnx_intra_op_threads: int = Field(default=1, ge=0)
+    onnx_inter_op_threads: int = Field(default=1, ge=0)
+    max_concurrency: int = Field(default=4, gt=0, description="Requests decoding/inferring at once.")
+    max_queue: int = Field(default=16, ge=0, description="Requests allowed to wait; beyond that: 503.")
+    cache_size: int = Field(default=256, ge=0, description="Recent predictions kept for GET /explain/{id}.")
+    cache_ttl_s: float = Field(default=600.0, gt=0)
+    cache_max_bytes: int = Field(default=512 * MiB, gt=0, description="Memory bound of the prediction cache.")
+    explain_enabled: bool = True
+    self_test_tolerance: float = Field(default=1e-4, gt=0)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

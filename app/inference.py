@@ -1,0 +1,44 @@
+"""ONNX inference: one shared onnxruntime session per model (its `run` is thread-safe and releases the GIL)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from app.bundle import BundleError, BundleMetadata
+from app.config import Settings
+
+
+class OnnxClassifier:
+    def __init__(self, path: Path, metadata: BundleMetadata, settings: Settings):
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = settings.onnx_intra_op_threads
+        options.inter_op_num_threads = settings.onnx_inter_op_threads
+        options.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own exception types for unreadable graphs
+            raise BundleError(f"{path}: onnxruntime cannot load the model ({exc})") from exc
+        inputs = {i.name: i for i in self.session.get_inputs()}
+        outputs = {o.name for o in self.session.get_outputs()}
+        if metadata.onnx_input_name not in inputs:
+            raise BundleError(f"{path}: no ONNX input named {metadata.onnx_input_name!r} (has {sorted(inputs)})")
+        if metadata.onnx_output_name not in outputs:
+            raise BundleError(f"{path}: no ONNX output named {metadata.onnx_output_name!r} (has {sorted(outputs)})")
+        shape = inputs[metadata.onnx_input_name].shape
+        expected = [metadata.preprocessing.input_height, metadata.preprocessing.input_width, 3]
+        if len(shape) != 4 or any(isinstance(d, int) and d != e for d, e in zip(shape[1:], expected)):
+            raise BundleError(f"{path}: ONNX input shape {shape} does not match metadata (N, {expected})")
+        self.input_name = metadata.onnx_input_name
+        self.output_name = metadata.onnx_output_name
+        self.input_size = metadata.input_size
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        """(N, H, W, 3) float32 RGB 0..255 -> (N,) P(pneumonia)."""
+        batch = np.asarray(batch, dtype=np.float32)
+        if batch.ndim != 4 or batch.shape[1:] != (*self.input_size, 3):
+            raise ValueError(f"expected a batch of shape (N, {self.input_size[0]}, {self.input_size[1]}, 3), got {batch.shape}")
+        (probabilities,) = self.session.run([self.output_name], {self.input_name: batch})
+        return np.asarray(probabilities, dtype=np.float64).reshape(batch.shape[0], -1)[:, 0]

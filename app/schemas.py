@@ -1,0 +1,122 @@
+"""Response models (with OpenAPI examples)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.bundle import RESEARCH_DISCLAIMER, BundleMetadata, OperatingPoint
+
+_EXAMPLE_MODEL = {"name": "mobilenetv2-128", "version": "1.0.0", "backbone": "mobilenetv2", "sha256": "3f5a" + "0" * 60}
+
+
+class ModelInfo(BaseModel):
+    model_config = ConfigDict(protected_namespaces=())
+    name: str
+    version: str
+    backbone: str
+    sha256: str = Field(description="SHA-256 of the served model.onnx")
+
+
+class InputInfo(BaseModel):
+    format: str = Field(description="Format detected from the bytes: JPEG, PNG or DICOM")
+    width: int
+    height: int
+
+
+class Prediction(BaseModel):
+    model_config = ConfigDict(
+        protected_namespaces=(),
+        json_schema_extra={
+            "examples": [
+                {
+                    "probability": 0.83,
+                    "label": "PNEUMONIA",
+                    "threshold": 0.5,
+                    "operating_point": "balanced",
+                    "model": _EXAMPLE_MODEL,
+                    "prediction_id": "9b2f6c1e0d4a4b57a1f0c3d2e8b7a6f5",
+                    "warnings": [],
+                    "input": {"format": "JPEG", "width": 1024, "height": 1024},
+                    "disclaimer": RESEARCH_DISCLAIMER,
+                }
+            ]
+        },
+    )
+    probability: float = Field(ge=0.0, le=1.0, description="Model output P(pneumonia); not a calibrated clinical risk.")
+    label: Literal["NORMAL", "PNEUMONIA"] = Field(description="PNEUMONIA if probability >= threshold")
+    threshold: float = Field(ge=0.0, le=1.0)
+    operating_point: str = Field(description="Name of the operating point used, or 'custom' for ?threshold=")
+    model: ModelInfo
+    prediction_id: str = Field(description="Use with GET /explain/{prediction_id} while it is cached")
+    warnings: list[str]
+    input: InputInfo
+    disclaimer: str = RESEARCH_DISCLAIMER
+
+
+class Explanation(Prediction):
+    model_config = ConfigDict(
+        protected_namespaces=(),
+        json_schema_extra={
+            "examples": [
+                {
+                    **Prediction.model_config["json_schema_extra"]["examples"][0],  # type: ignore[index]
+                    "heatmap": "iVBORw0KGgoAAAANSUhEUgAA...",
+                    "heatmap_format": "png",
+                }
+            ]
+        },
+    )
+    heatmap: str = Field(description="Base64 PNG: Grad-CAM overlay at the uploaded image's size")
+    heatmap_format: Literal["png"] = "png"
+
+
+class Health(BaseModel):
+    model_config = ConfigDict(protected_namespaces=())
+    status: Literal["ready"]
+    model: ModelInfo
+    explain: bool
+
+
+class ModelCard(BaseModel):
+    model_config = ConfigDict(protected_namespaces=())
+    name: str
+    version: str
+    backbone: str
+    input_size: dict[str, int]
+    preprocessing: dict
+    class_names: tuple[str, str]
+    positive_class: str
+    operating_points: list[OperatingPoint]
+    default_operating_point: str
+    validation: dict
+    stress: dict[str, dict[str, float]]
+    data: dict
+    intended_use: str
+    limitations: list[str]
+    explain_available: bool
+    checksums: dict[str, str]
+    disclaimer: str = RESEARCH_DISCLAIMER
+
+    @classmethod
+    def from_metadata(cls, metadata: BundleMetadata, explain_available: bool) -> ModelCard:
+        return cls(
+            name=metadata.name,
+            version=metadata.version,
+            backbone=metadata.backbone,
+            input_size={"height": metadata.preprocessing.input_height, "width": metadata.preprocessing.input_width},
+            preprocessing=metadata.preprocessing.model_dump(mode="json"),
+            class_names=metadata.class_names,
+            positive_class=metadata.positive_class,
+            operating_points=metadata.operating_points,
+            default_operating_point=metadata.default_operating_point,
+            validation=metadata.validation.model_dump(mode="json"),
+            stress=metadata.stress,
+            data=metadata.data.model_dump(mode="json"),
+            intended_use=metadata.intended_use,
+            limitations=metadata.limitations,
+            explain_available=explain_available,
+            checksums=metadata.checksums.model_dump(mode="json"),
+            disclaimer=metadata.disclaimer or RESEARCH_DISCLAIMER,
+        )

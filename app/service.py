@@ -1,0 +1,234 @@
+"""The loaded model state: bundle metadata, ONNX classifier, optional Grad-CAM, cache, concurrency limiter.
+
+`load_service` verifies the bundle (metadata, checksums), builds everything once and runs a self-test
+before the service may report ready. Any failure raises `BundleError`; the only degraded mode is a bundle
+without a usable `model.keras` (or explain disabled): /predict works, /explain answers 503.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from anyio import to_thread
+
+from app.bundle import (
+    KERAS_FILENAME,
+    ONNX_FILENAME,
+    BundleError,
+    BundleMetadata,
+    read_metadata,
+    verify_file,
+)
+from app.cache import PredictionCache, new_prediction_id
+from app.config import Settings
+from app.imaging import DecodedImage, decode_image, to_model_input
+from app.inference import OnnxClassifier
+
+log = logging.getLogger("app.service")
+
+
+class ServiceBusyError(RuntimeError):
+    """More requests in flight than `max_concurrency + max_queue`."""
+
+    retry_after_s = 1
+
+
+class ExplainUnavailableError(RuntimeError):
+    """Grad-CAM is not available for this deployment."""
+
+
+class ConcurrencyLimiter:
+    """At most `max_concurrency` holders at once and at most `max_queue` waiters; beyond that, refuse at once."""
+
+    def __init__(self, max_concurrency: int, max_queue: int, on_reject: Callable[[], None] | None = None):
+        self.max_concurrency = max_concurrency
+        self.max_queue = max_queue
+        self._semaphore = asyncio.Semaphore(max_concurrency)
+        self._in_flight = 0
+        self._on_reject = on_reject
+
+    @property
+    def in_flight(self) -> int:
+        """Requests running or waiting."""
+        return self._in_flight
+
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        if self._in_flight >= self.max_concurrency + self.max_queue:
+            if self._on_reject is not None:
+                self._on_reject()
+            raise ServiceBusyError(
+                f"The service is busy ({self._in_flight} requests in progress or waiting); retry shortly."
+            )
+        self._in_flight += 1
+        try:
+            async with self._semaphore:
+                yield
+        finally:
+            self._in_flight -= 1
+
+
+@dataclass(frozen=True)
+class Analysis:
+    prediction_id: str
+    image: DecodedImage
+    probability: float
+    heatmap_png: bytes | None = None
+
+
+def probe_image(size: int = 256) -> np.ndarray:
+    """A deterministic synthetic chest-X-ray-like probe (uint8 gradient with two dark 'lungs')."""
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64) / size
+    image = 60 + 120 * yy + 40 * np.sin(6 * xx)
+    for cx in (0.3, 0.7):
+        image -= 70 * np.exp(-(((xx - cx) / 0.12) ** 2 + ((yy - 0.5) / 0.25) ** 2))
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+class ModelService:
+    def __init__(
+        self,
+        settings: Settings,
+        metadata: BundleMetadata,
+        classifier: OnnxClassifier,
+        gradcam: Any | None,
+        explain_unavailable_reason: str | None = None,
+        observe_inference: Callable[[str, float], None] | None = None,
+        on_reject: Callable[[], None] | None = None,
+    ):
+        self.settings = settings
+        self.metadata = metadata
+        self.classifier = classifier
+        self.gradcam = gradcam
+        self.explain_unavailable_reason = explain_unavailable_reason
+        self.cache = PredictionCache(settings.cache_size, settings.cache_ttl_s, max_bytes=settings.cache_max_bytes)
+        self.limiter = ConcurrencyLimiter(settings.max_concurrency, settings.max_queue, on_reject=on_reject)
+        self._observe = observe_inference or (lambda kind, seconds: None)
+
+    @property
+    def explain_available(self) -> bool:
+        return self.gradcam is not None
+
+    # --- synchronous work (runs in worker threads) ---------------------------------------------------------
+    def _predict_image(self, image: DecodedImage) -> float:
+        started = time.perf_counter()
+        batch = to_model_input(image, self.metadata.input_size)[None]
+        probability = float(self.classifier.predict(batch)[0])
+        self._observe("predict", time.perf_counter() - started)
+        return probability
+
+    def _heatmap_png(self, image: DecodedImage) -> bytes:
+        from app.gradcam import encode_png, overlay
+
+        if self.gradcam is None:
+            raise ExplainUnavailableError(self.explain_unavailable_reason or "Grad-CAM is not available.")
+        started = time.perf_counter()
+        batch = to_model_input(image, self.metadata.input_size)[None]
+        heatmap = self.gradcam.heatmap(batch)[0]
+        png = encode_png(overlay(image.pixels, heatmap))
+        self._observe("explain", time.perf_counter() - started)
+        return png
+
+    def _analyse_sync(self, data: bytes, explain: bool) -> tuple[DecodedImage, float, bytes | None]:
+        image = decode_image(data, max_pixels=self.settings.max_pixels)
+        probability = self._predict_image(image)
+        return image, probability, (self._heatmap_png(image) if explain else None)
+
+    # --- async API used by the routes ----------------------------------------------------------------------
+    async def analyse(self, data: bytes, *, explain: bool = False) -> Analysis:
+        if explain and self.gradcam is None:
+            raise ExplainUnavailableError(self.explain_unavailable_reason or "Grad-CAM is not available.")
+        async with self.limiter.slot():
+            image, probability, png = await to_thread.run_sync(self._analyse_sync, data, explain)
+        prediction_id = new_prediction_id()
+        self.cache.put(prediction_id, image, probability)
+        return Analysis(prediction_id=prediction_id, image=image, probability=probability, heatmap_png=png)
+
+    async def explain_cached(self, prediction_id: str) -> Analysis | None:
+        if self.gradcam is None:
+            raise ExplainUnavailableError(self.explain_unavailable_reason or "Grad-CAM is not available.")
+        entry = self.cache.get(prediction_id)
+        if entry is None:
+            return None
+        async with self.limiter.slot():
+            png = await to_thread.run_sync(self._heatmap_png, entry.image)
+        return Analysis(prediction_id=prediction_id, image=entry.image, probability=entry.probability, heatmap_png=png)
+
+
+# --- loading -------------------------------------------------------------------------------------------------
+def _load_gradcam(bundle_dir: Path, metadata: BundleMetadata, settings: Settings) -> tuple[Any, Any, str | None]:
+    """Return (keras_model, GradCam, None) or (None, None, reason) when explanations are unavailable.
+
+    A missing model.keras or an unimportable TensorFlow degrades to no explanations; a model.keras that is
+    present but fails its checksum, does not load or lacks the named layers is a broken bundle (BundleError).
+    """
+    if not settings.explain_enabled:
+        return None, None, "Explanations are disabled in this deployment (PNEUMONIA_EXPLAIN_ENABLED=false)."
+    if not (bundle_dir / KERAS_FILENAME).is_file():
+        return None, None, f"This model bundle has no {KERAS_FILENAME}, so Grad-CAM explanations are unavailable."
+    keras_path = verify_file(bundle_dir, KERAS_FILENAME, metadata.checksums.keras_sha256)
+    try:
+        import keras
+
+        from app.gradcam import GradCam
+    except ImportError as exc:
+        log.warning("TensorFlow/Keras cannot be imported (%s); /explain is disabled", exc)
+        return None, None, "Grad-CAM explanations are unavailable: TensorFlow is not installed in this deployment."
+    try:
+        model = keras.models.load_model(keras_path, compile=False)  # safe_mode stays on
+    except Exception as exc:  # Keras raises many types for unreadable archives
+        raise BundleError(f"{keras_path}: Keras cannot load the model ({exc})") from exc
+    try:
+        gradcam = GradCam(model, metadata.gradcam_layer, metadata.logit_layer)
+    except ValueError as exc:
+        raise BundleError(f"{keras_path}: {exc}") from exc
+    return model, gradcam, None
+
+
+def self_test(classifier: OnnxClassifier, metadata: BundleMetadata, keras_model: Any, gradcam: Any, tolerance: float) -> dict[str, float]:
+    """ONNX and Keras must agree on a synthetic probe, and Grad-CAM must give a finite map; else BundleError."""
+    batch = to_model_input(probe_image(), metadata.input_size)[None]
+    onnx_probability = float(classifier.predict(batch)[0])
+    if not (np.isfinite(onnx_probability) and 0.0 <= onnx_probability <= 1.0):
+        raise BundleError(f"self-test failed: ONNX model returned {onnx_probability!r}, not a probability")
+    report = {"onnx_probability": onnx_probability}
+    if keras_model is not None:
+        keras_probability = float(np.asarray(keras_model(batch, training=False)).reshape(-1)[0])
+        difference = abs(keras_probability - onnx_probability)
+        report.update(keras_probability=keras_probability, difference=difference)
+        if not difference <= tolerance:
+            raise BundleError(
+                f"self-test failed: ONNX and Keras models disagree on the probe image "
+                f"({onnx_probability:.6f} vs {keras_probability:.6f}, tolerance {tolerance:g}); "
+                "model.onnx and model.keras are not the same network"
+            )
+    if gradcam is not None:
+        heatmap = gradcam.heatmap(batch)
+        if heatmap.ndim != 3 or not np.all(np.isfinite(heatmap)) or heatmap.min() < 0 or heatmap.max() > 1:
+            raise BundleError("self-test failed: Grad-CAM produced a non-finite or out-of-range heatmap")
+    return report
+
+
+def load_service(settings: Settings, **hooks: Any) -> ModelService:
+    bundle_dir = Path(settings.model_dir)
+    if not bundle_dir.is_dir():
+        raise BundleError(f"{bundle_dir}: model bundle directory does not exist (set PNEUMONIA_MODEL_DIR)")
+    metadata = read_metadata(bundle_dir)
+    onnx_path = verify_file(bundle_dir, ONNX_FILENAME, metadata.checksums.onnx_sha256)
+    if (bundle_dir / KERAS_FILENAME).is_file():  # verify both checksums before the slow TensorFlow import
+        verify_file(bundle_dir, KERAS_FILENAME, metadata.checksums.keras_sha256)
+    classifier = OnnxClassifier(onnx_path, metadata, settings)
+    keras_model, gradcam, reason = _load_gradcam(bundle_dir, metadata, settings)
+    report = self_test(classifier, metadata, keras_model, gradcam, settings.self_test_tolerance)
+    log.info("self-test passed: %s", ", ".join(f"{k}={v:.6g}" for k, v in report.items()))
+    if reason:
+        log.warning("serving without explanations: %s", reason)
+    return ModelService(settings, metadata, classifier, gradcam, explain_unavailable_reason=reason, **hooks)
