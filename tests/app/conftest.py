@@ -1,0 +1,48 @@
+"""Fixtures for in-process service tests: one loaded ModelService per session, apps wired around it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from app.config import Settings
+from app.main import create_app
+from app.service import ModelService, load_service
+
+
+@pytest.fixture(scope="session")
+def loaded_service(tiny_bundle: Path) -> ModelService:
+    """The tiny bundle loaded, verified and self-tested once (TensorFlow start-up is the slow part)."""
+    return load_service(Settings(model_dir=tiny_bundle))
+
+
+@pytest.fixture
+def make_app(loaded_service: ModelService, tiny_bundle: Path) -> Callable[..., object]:
+    """Build an app whose state holds a ModelService sharing the loaded session and Grad-CAM.
+
+    Settings overrides apply to the app (upload limit) and to the fresh service (limiter, cache).
+    """
+
+    def factory(*, loaded: bool = True, **overrides):
+        settings = Settings(model_dir=tiny_bundle, **overrides)
+        app = create_app(settings)
+        if loaded:
+            app.state.service = ModelService(
+                settings,
+                loaded_service.metadata,
+                loaded_service.classifier,
+                loaded_service.gradcam if settings.explain_enabled else None,
+                explain_unavailable_reason=None if settings.explain_enabled else "Explanations are disabled.",
+                observe_inference=app.state.metrics.observe_inference,
+                on_reject=app.state.metrics.rejected.inc,
+            )
+        return app
+
+    return factory
+
+
+@pytest.fixture(scope="session")
+def sample_jpeg(sample_images) -> bytes:
+    return sample_images["PNEUMONIA"][0].read_bytes()

@@ -1,0 +1,104 @@
+import asyncio
+import shutil
+
+import numpy as np
+import pytest
+
+from app.bundle import KERAS_FILENAME, ONNX_FILENAME, BundleError, read_metadata
+from app.config import Settings
+from app.inference import OnnxClassifier
+from app.service import ConcurrencyLimiter, ServiceBusyError, load_service, self_test
+
+
+@pytest.fixture
+def bundle_copy(tiny_bundle, tmp_path):
+    target = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, target)
+    return target
+
+
+def test_tampered_onnx_is_refused_with_a_checksum_message(bundle_copy):
+    with (bundle_copy / ONNX_FILENAME).open("ab") as handle:
+        handle.write(b"\0")
+    with pytest.raises(BundleError, match="checksum mismatch"):
+        load_service(Settings(model_dir=bundle_copy))
+
+
+def test_tampered_keras_is_refused_even_though_explain_is_optional(bundle_copy):
+    with (bundle_copy / KERAS_FILENAME).open("ab") as handle:
+        handle.write(b"\0")
+    with pytest.raises(BundleError, match="model.keras: checksum mismatch"):
+        load_service(Settings(model_dir=bundle_copy))
+
+
+def test_missing_directory_and_metadata_are_bundle_errors(tmp_path):
+    with pytest.raises(BundleError, match="does not exist"):
+        load_service(Settings(model_dir=tmp_path / "nope"))
+    with pytest.raises(BundleError, match="metadata.json is missing"):
+        load_service(Settings(model_dir=tmp_path))
+
+
+def test_missing_keras_degrades_to_no_explanations(bundle_copy):
+    (bundle_copy / KERAS_FILENAME).unlink()
+    service = load_service(Settings(model_dir=bundle_copy))
+    assert service.gradcam is None and not service.explain_available
+    assert KERAS_FILENAME in service.explain_unavailable_reason
+
+
+def test_explain_disabled_skips_grad_cam(bundle_copy):
+    service = load_service(Settings(model_dir=bundle_copy, explain_enabled=False))
+    assert service.gradcam is None and "disabled" in service.explain_unavailable_reason
+
+
+def test_self_test_fails_when_onnx_and_keras_disagree(loaded_service, tiny_bundle):
+    metadata = read_metadata(tiny_bundle)
+
+    class OtherNetwork:  # a Keras-like model that answers differently from the ONNX graph
+        def __call__(self, batch, training=False):
+            return np.full((len(batch), 1), 0.123456 if loaded_service.classifier else 0.0, np.float32)
+
+    probe = self_test(loaded_service.classifier, metadata, None, None, 1e-4)["onnx_probability"]
+    assert abs(probe - 0.123456) > 1e-4  # premise: the stub really disagrees
+    with pytest.raises(BundleError, match="disagree"):
+        self_test(loaded_service.classifier, metadata, OtherNetwork(), None, 1e-4)
+
+
+def test_onnx_classifier_predicts_probabilities_for_a_batch(loaded_service):
+    classifier: OnnxClassifier = loaded_service.classifier
+    h, w = classifier.input_size
+    batch = np.random.default_rng(0).uniform(0, 255, (3, h, w, 3)).astype(np.float32)
+    out = classifier.predict(batch)
+    assert out.shape == (3,) and np.all((out >= 0) & (out <= 1))
+    with pytest.raises(ValueError):
+        classifier.predict(np.zeros((1, h + 1, w, 3), np.float32))
+
+
+def test_limiter_refuses_beyond_concurrency_plus_queue():
+    rejected = []
+
+    async def scenario():
+        limiter = ConcurrencyLimiter(max_concurrency=1, max_queue=1, on_reject=lambda: rejected.append(1))
+        release = asyncio.Event()
+        running = asyncio.Event()
+
+        async def hold():
+            async with limiter.slot():
+                running.set()
+                await release.wait()
+
+        first = asyncio.create_task(hold())
+        await running.wait()
+        second = asyncio.create_task(hold())  # waits in the queue
+        await asyncio.sleep(0.01)
+        assert limiter.in_flight == 2
+        with pytest.raises(ServiceBusyError):
+            async with limiter.slot():
+                pass
+        release.set()
+        await asyncio.gather(first, second)
+        assert limiter.in_flight == 0
+        async with limiter.slot():  # capacity is back
+            pass
+
+    asyncio.run(scenario())
+    assert rejected == [1]
