@@ -1,0 +1,92 @@
+"""The tiny end-to-end run: train two backbones -> evaluate -> export -> a bundle the service can load."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from app.bundle import KERAS_FILENAME, MODEL_CARD_FILENAME, ONNX_FILENAME, RESEARCH_DISCLAIMER, read_metadata, verify_file
+from app.imaging import decode_image, to_model_input
+from training.cli import main
+
+
+def test_run_records_config_split_and_models(tiny_run):
+    config = json.loads((tiny_run / "config.json").read_text())
+    assert config["image_size"] == 32 and config["weights"] == "none"
+    with (tiny_run / "split.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    train_patients = {r["patient"] for r in rows if r["subset"] == "train"}
+    val_patients = {r["patient"] for r in rows if r["subset"] == "val"}
+    assert train_patients and val_patients and not train_patients & val_patients
+    for backbone in ("mobilenetv2", "efficientnetb0"):
+        model_dir = tiny_run / "models" / backbone
+        for name in ("best.keras", "history.csv", "evaluation.json", "confusion.png", "roc_pr.png", "reliability.png", "training_curves.png"):
+            assert (model_dir / name).is_file(), f"{backbone}/{name} missing"
+
+
+def test_comparison_ranks_by_validation_auc(tiny_run):
+    comparison = json.loads((tiny_run / "comparison.json").read_text())
+    assert comparison["selection"] == "validation ROC-AUC"
+    assert {row["backbone"] for row in comparison["rows"]} == {"mobilenetv2", "efficientnetb0"}
+    aucs = [float(row["val_roc_auc"].split()[0]) for row in comparison["rows"]]
+    assert aucs == sorted(aucs, reverse=True) and comparison["best"] == comparison["rows"][0]["backbone"]
+    assert "| Backbone |" in (tiny_run / "comparison.md").read_text()
+    assert (tiny_run / "comparison.csv").read_text().startswith("backbone,")
+    assert (tiny_run / f"gradcam_grid_{comparison['best']}.png").stat().st_size > 0
+
+
+def test_operating_points_come_from_validation_only(tiny_run):
+    evaluation = json.loads((tiny_run / "models" / "mobilenetv2" / "evaluation.json").read_text())
+    assert {p["name"] for p in evaluation["operating_points"]} >= {"youden", "max_f1", "sensitivity_95"}
+    assert evaluation["validation"]["split"] == "validation"
+    assert "test" not in evaluation  # the tiny dataset has no test/ folder
+
+
+def test_bundle_is_complete_and_checksummed(tiny_bundle):
+    metadata = read_metadata(tiny_bundle)
+    verify_file(tiny_bundle, ONNX_FILENAME, metadata.checksums.onnx_sha256)
+    verify_file(tiny_bundle, KERAS_FILENAME, metadata.checksums.keras_sha256)
+    assert metadata.input_size == (32, 32)
+    assert metadata.disclaimer == RESEARCH_DISCLAIMER
+    card = (tiny_bundle / MODEL_CARD_FILENAME).read_text()
+    assert RESEARCH_DISCLAIMER in card and "Trained from scratch" in card
+
+
+def test_bundle_onnx_matches_keras_on_sample_images(tiny_bundle, sample_images):
+    import keras
+
+    metadata = read_metadata(tiny_bundle)
+    batch = np.stack(
+        [to_model_input(decode_image(p.read_bytes()), metadata.input_size) for paths in sample_images.values() for p in paths]
+    )
+    session = ort.InferenceSession(str(tiny_bundle / ONNX_FILENAME), providers=["CPUExecutionProvider"])
+    onnx_p = session.run(None, {metadata.onnx_input_name: batch})[0].reshape(-1)
+    keras_p = np.asarray(keras.models.load_model(tiny_bundle / KERAS_FILENAME)(batch)).reshape(-1)
+    np.testing.assert_allclose(onnx_p, keras_p, atol=1e-4)
+
+
+def test_export_of_unevaluated_run_fails_cleanly(tmp_path, capsys):
+    (tmp_path / "run").mkdir()
+    assert main(["export", "--run", str(tmp_path / "run"), "--out", str(tmp_path / "bundle")]) == 2
+    assert "run `python -m training evaluate" in capsys.readouterr().err
+    assert not (tmp_path / "bundle").exists()
+
+
+def test_export_refuses_unknown_operating_point_and_keeps_old_bundle(tiny_run, tiny_bundle, tmp_path, capsys):
+    before = sorted(p.name for p in tiny_bundle.iterdir())
+    code = main(["export", "--run", str(tiny_run), "--out", str(tiny_bundle), "--operating-point", "nonsense"])
+    assert code == 2 and "unknown operating point" in capsys.readouterr().err
+    assert sorted(p.name for p in tiny_bundle.iterdir()) == before
+
+
+@pytest.mark.parametrize("point", ["youden"])
+def test_export_with_another_default_point(tiny_run, tmp_path, point):
+    bundle = tmp_path / "bundle"
+    assert main(["export", "--run", str(tiny_run), "--out", str(bundle), "--model", "efficientnetb0", "--operating-point", point]) == 0
+    metadata = read_metadata(bundle)
+    assert metadata.backbone == "efficientnetb0" and metadata.default_operating_point == point
+    assert metadata.validation.threshold == pytest.approx(metadata.operating_point(point).threshold)

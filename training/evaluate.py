@@ -1,0 +1,111 @@
+"""`evaluate`: validation (and, when present, test) metrics for every model of a run, then the comparison.
+
+Order of work per model, all choices on validation only:
+    predict val -> fit temperature on val -> operating points on calibrated val -> metrics with bootstrap
+    intervals at the default point -> stress check on perturbed val -> (test metrics at the val threshold)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from training import report
+from training.data import DecodedSet, find_split_dir, scan_split
+from training.fit import BEST_CHECKPOINT, DONE_MARKER, predict_probabilities
+from training.metrics import (
+    binary_metrics,
+    expected_calibration_error,
+    fit_temperature,
+    logits_from_probabilities,
+    operating_points,
+    sigmoid,
+    split_metrics,
+)
+from training.run import decode_subset, model_dirs, read_config, read_data_summary, read_split, SPLIT_FILE
+from training.stress import stress_report
+
+log = logging.getLogger(__name__)
+
+EVALUATION_FILE = "evaluation.json"
+PREDICTIONS_FILE = "predictions.npz"
+
+
+def _test_samples(run_dir: Path, data_dir: Path | None) -> list:
+    """Test images are reported, never used for a choice. From --data when given, else the recorded split."""
+    if data_dir is not None:
+        test_dir = find_split_dir(Path(data_dir), "test")
+        return scan_split(test_dir) if test_dir is not None else []
+    return read_split(run_dir / SPLIT_FILE)["test"]
+
+
+class CalibratedPredictor:
+    """Keras model probabilities with the validation-fitted temperature applied to the logit."""
+
+    def __init__(self, model, temperature: float):
+        self.model = model
+        self.temperature = temperature
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        raw = predict_probabilities(self.model, images)
+        return sigmoid(logits_from_probabilities(raw) / self.temperature)
+
+
+def evaluate_model(model_dir: Path, val: DecodedSet, test: DecodedSet | None, config) -> dict:
+    import keras
+
+    model = keras.models.load_model(model_dir / BEST_CHECKPOINT, compile=False)
+    raw_val = predict_probabilities(model, val.images)
+    temperature = fit_temperature(val.labels, logits_from_probabilities(raw_val)) if config.calibrate else 1.0
+    predictor = CalibratedPredictor(model, temperature)
+    p_val = sigmoid(logits_from_probabilities(raw_val) / temperature)
+
+    points = operating_points(val.labels, p_val)
+    default = next(p for p in points if p.name == config.default_operating_point)
+    validation = split_metrics("validation", val.labels, p_val, default.threshold, samples=config.bootstrap_samples, seed=config.seed)
+    stress = stress_report(val.labels, val.images, predictor, default.threshold, binary_metrics)
+    evaluation = {
+        "backbone": model_dir.name,
+        "temperature": temperature,
+        "ece_uncalibrated": expected_calibration_error(val.labels, raw_val),
+        "default_operating_point": default.name,
+        "operating_points": [p.model_dump() for p in points],
+        "validation": validation.model_dump(),
+        "stress": stress,
+        "training": json.loads((model_dir / DONE_MARKER).read_text()) if (model_dir / DONE_MARKER).is_file() else {},
+    }
+    arrays = {"val_y": val.labels, "val_p": p_val, "val_p_uncalibrated": raw_val}
+    if test is not None:
+        p_test = predictor(test.images)
+        test_metrics = split_metrics("test", test.labels, p_test, default.threshold, samples=config.bootstrap_samples, seed=config.seed)
+        evaluation["test"] = test_metrics.model_dump()
+        arrays.update(test_y=test.labels, test_p=p_test)
+    (model_dir / EVALUATION_FILE).write_text(json.dumps(evaluation, indent=2))
+    np.savez_compressed(model_dir / PREDICTIONS_FILE, **arrays)
+    report.plot_model(model_dir, evaluation, arrays)
+    return evaluation
+
+
+def evaluate_models(run_dir: Path, data_dir: Path | None) -> dict:
+    config = read_config(run_dir)
+    summary = read_data_summary(run_dir)
+    subsets = read_split(run_dir / SPLIT_FILE)
+    val = decode_subset(subsets["val"], config, "val")
+    test_samples = _test_samples(run_dir, data_dir)
+    test = decode_subset(test_samples, config, "test") if test_samples else None
+    evaluations = {}
+    for name, model_dir in model_dirs(run_dir).items():
+        if not (model_dir / BEST_CHECKPOINT).is_file():
+            log.warning("%s has no checkpoint yet; skipped", name)
+            continue
+        log.info("evaluating %s", name)
+        evaluations[name] = evaluate_model(model_dir, val, test, config)
+    if not evaluations:
+        raise report.ReportError(f"{run_dir}: no trained model to evaluate (run `train` first)")
+    comparison = report.write_comparison(run_dir, evaluations, config, summary)
+    best = comparison["best"]
+    report.gradcam_grid(run_dir / "models" / best, val, evaluations[best], run_dir / f"gradcam_grid_{best}.png")
+    return comparison

@@ -1,0 +1,170 @@
+"""Metrics, bootstrap intervals, named operating points and temperature calibration.
+
+Every threshold here is chosen on validation predictions only; callers never pass test data to
+`operating_points` or `fit_temperature`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.optimize import minimize_scalar
+from sklearn.metrics import (
+    average_precision_score,
+    brier_score_loss,
+    confusion_matrix,
+    precision_recall_curve,
+    roc_auc_score,
+    roc_curve,
+)
+
+from app.bundle import Estimate, OperatingPoint, SplitMetrics
+
+THRESHOLD_METRICS = ("accuracy", "precision", "sensitivity", "specificity", "f1")
+RANKING_METRICS = ("roc_auc", "pr_auc", "brier", "ece")
+TARGET_SENSITIVITY = 0.95
+_EPS = 1e-7
+
+
+def expected_calibration_error(y: np.ndarray, p: np.ndarray, bins: int = 15) -> float:
+    """Weighted mean |accuracy - confidence| over equal-width probability bins of P(positive)."""
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    index = np.clip(np.digitize(p, edges[1:-1]), 0, bins - 1)
+    error = 0.0
+    for b in range(bins):
+        members = index == b
+        if members.any():
+            error += members.mean() * abs(y[members].mean() - p[members].mean())
+    return float(error)
+
+
+def confusion(y: np.ndarray, p: np.ndarray, threshold: float) -> np.ndarray:
+    """[[TN, FP], [FN, TP]]; a case is positive when p >= threshold (as the service labels it)."""
+    return confusion_matrix(y, (p >= threshold).astype(int), labels=[0, 1])
+
+
+def _ratio(numerator: float, denominator: float) -> float:
+    return float(numerator / denominator) if denominator else 0.0
+
+
+def binary_metrics(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, float]:
+    y = np.asarray(y, dtype=int)
+    p = np.asarray(p, dtype=float)
+    (tn, fp), (fn, tp) = confusion(y, p, threshold)
+    precision = _ratio(tp, tp + fp)
+    sensitivity = _ratio(tp, tp + fn)
+    both_classes = len(np.unique(y)) == 2
+    return {
+        "accuracy": _ratio(tp + tn, len(y)),
+        "precision": precision,
+        "sensitivity": sensitivity,
+        "specificity": _ratio(tn, tn + fp),
+        "f1": _ratio(2 * precision * sensitivity, precision + sensitivity),
+        "roc_auc": float(roc_auc_score(y, p)) if both_classes else float("nan"),
+        "pr_auc": float(average_precision_score(y, p)) if both_classes else float("nan"),
+        "brier": float(brier_score_loss(y, p)),
+        "ece": expected_calibration_error(y, p),
+    }
+
+
+def bootstrap_intervals(
+    y: np.ndarray, p: np.ndarray, threshold: float, *, samples: int = 1000, seed: int = 0
+) -> dict[str, Estimate]:
+    """Point estimates with 95% percentile intervals from a stratified bootstrap over images."""
+    y = np.asarray(y, dtype=int)
+    p = np.asarray(p, dtype=float)
+    point = binary_metrics(y, p, threshold)
+    if samples <= 0:
+        return {k: Estimate(value=v) for k, v in point.items()}
+    rng = np.random.default_rng(seed)
+    positives, negatives = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
+    draws: dict[str, list[float]] = {k: [] for k in point}
+    for _ in range(samples):
+        index = np.concatenate([rng.choice(positives, len(positives)), rng.choice(negatives, len(negatives))])
+        for key, value in binary_metrics(y[index], p[index], threshold).items():
+            draws[key].append(value)
+    return {
+        key: Estimate(
+            value=value,
+            ci_low=float(np.nanpercentile(draws[key], 2.5)),
+            ci_high=float(np.nanpercentile(draws[key], 97.5)),
+        )
+        for key, value in point.items()
+    }
+
+
+def split_metrics(name: str, y: np.ndarray, p: np.ndarray, threshold: float, *, samples: int, seed: int) -> SplitMetrics:
+    return SplitMetrics(
+        split=name,
+        n_images=int(len(y)),
+        n_positive=int(np.sum(y)),
+        threshold=float(threshold),
+        metrics=bootstrap_intervals(y, p, threshold, samples=samples, seed=seed),
+        confusion_matrix=confusion(y, p, threshold).astype(int).tolist(),
+    )
+
+
+def _point(name: str, threshold: float, y: np.ndarray, p: np.ndarray, description: str) -> OperatingPoint:
+    m = binary_metrics(y, p, threshold)
+    return OperatingPoint(
+        name=name,
+        threshold=float(np.clip(threshold, 0.0, 1.0)),
+        sensitivity=m["sensitivity"],
+        specificity=m["specificity"],
+        description=description,
+    )
+
+
+def operating_points(y: np.ndarray, p: np.ndarray) -> list[OperatingPoint]:
+    """Named thresholds chosen on (validation) predictions.
+
+    youden          maximises sensitivity + specificity - 1
+    max_f1          maximises F1 of the PNEUMONIA class
+    sensitivity_95  the highest threshold whose sensitivity is still >= 0.95 (best specificity at that floor)
+    balanced_0.5    0.5 on the calibrated probability, for reference
+    """
+    y = np.asarray(y, dtype=int)
+    p = np.asarray(p, dtype=float)
+    fpr, tpr, roc_thresholds = roc_curve(y, p)
+    finite = np.isfinite(roc_thresholds)
+    youden = roc_thresholds[finite][np.argmax((tpr - fpr)[finite])]
+
+    precision, recall, pr_thresholds = precision_recall_curve(y, p)
+    f1 = 2 * precision[:-1] * recall[:-1] / np.maximum(precision[:-1] + recall[:-1], _EPS)
+    max_f1 = pr_thresholds[np.argmax(f1)]
+
+    candidates = np.unique(p)[::-1]  # highest first; labelled positive when p >= threshold
+    sensitivity_95 = next(t for t in candidates if (p[y == 1] >= t).mean() >= TARGET_SENSITIVITY)
+
+    return [
+        _point("youden", youden, y, p, "Maximises sensitivity + specificity - 1 on validation."),
+        _point("max_f1", max_f1, y, p, "Maximises F1 of the PNEUMONIA class on validation."),
+        _point(
+            "sensitivity_95",
+            sensitivity_95,
+            y,
+            p,
+            "Highest threshold keeping validation sensitivity >= 0.95 (best specificity at that floor).",
+        ),
+        _point("balanced_0.5", 0.5, y, p, "Probability 0.5 of the calibrated model."),
+    ]
+
+
+def logits_from_probabilities(p: np.ndarray) -> np.ndarray:
+    p = np.clip(np.asarray(p, dtype=np.float64), _EPS, 1 - _EPS)
+    return np.log(p / (1 - p))
+
+
+def sigmoid(z: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.asarray(z, dtype=np.float64)))
+
+
+def fit_temperature(y: np.ndarray, logits: np.ndarray) -> float:
+    """Temperature T > 0 minimising the negative log-likelihood of sigmoid(logit / T) (Guo et al., 2017)."""
+    y = np.asarray(y, dtype=np.float64)
+
+    def nll(log_t: float) -> float:
+        q = np.clip(sigmoid(logits / np.exp(log_t)), _EPS, 1 - _EPS)
+        return float(-np.mean(y * np.log(q) + (1 - y) * np.log(1 - q)))
+
+    result = minimize_scalar(nll, bounds=(np.log(0.05), np.log(20.0)), method="bounded")
+    return float(np.exp(result.x))
