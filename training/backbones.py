@@ -9,6 +9,7 @@ model means ONNX, Keras and the service can never disagree about scaling.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,12 +66,9 @@ BACKBONES: dict[str, Backbone] = {
 }
 
 
-def resolve(names: str | list[str]) -> list[Backbone]:
-    wanted = [n.strip().lower() for n in (names.split(",") if isinstance(names, str) else names) if n.strip()]
-    unknown = [n for n in wanted if n not in BACKBONES]
-    if unknown or not wanted:
-        raise ValueError(f"unknown backbone(s) {unknown or wanted}; choose from {', '.join(BACKBONES)}")
-    return [BACKBONES[n] for n in wanted]
+def resolve(names: list[str]) -> list[Backbone]:
+    """Backbones by name; `TrainConfig` has already validated the names against `BACKBONE_NAMES`."""
+    return [BACKBONES[n] for n in names]
 
 
 def build_classifier(
@@ -102,11 +100,15 @@ def load_backbone_weights(model: keras.Model, backbone: Backbone, image_size: in
     if weights != "imagenet" and not Path(weights).is_file():
         raise WeightsError(f"weights file {weights} does not exist")
     try:
-        reference = backbone.application(
-            include_top=False, weights=weights, input_shape=(image_size, image_size, 3)
-        )
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            reference = backbone.application(include_top=False, weights=weights, input_shape=(image_size, image_size, 3))
     except (ValueError, KeyError, OSError, TypeError) as exc:
         raise WeightsError(f"weights {weights} do not fit {backbone.name}: {exc}") from exc
+    # Keras 3 loads a .weights.h5 of another architecture with only a warning, leaving layers random.
+    partial = [str(w.message) for w in caught if "freshly-initialized" in str(w.message) or "Skipping" in str(w.message)]
+    if partial:
+        raise WeightsError(f"weights {weights} do not fit {backbone.name}: {partial[0][:200]}")
     copied = 0
     for layer in reference.layers:
         values = layer.get_weights()

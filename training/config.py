@@ -10,6 +10,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 OperatingPointName = Literal["youden", "max_f1", "sensitivity_95", "balanced_0.5"]
+BACKBONE_NAMES = ("densenet121", "resnet50", "efficientnetb0", "mobilenetv2")
 
 
 class ConfigError(ValueError):
@@ -19,7 +20,7 @@ class ConfigError(ValueError):
 class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    models: list[str] = ["densenet121", "resnet50", "efficientnetb0", "mobilenetv2"]
+    models: list[str] = list(BACKBONE_NAMES)
     image_size: int = Field(128, ge=32, le=1024)
     epochs: int = Field(10, ge=1)
     batch_size: int = Field(16, ge=1)
@@ -45,7 +46,11 @@ class TrainConfig(BaseModel):
     def _split_names(cls, value):
         if isinstance(value, str):
             value = [v for v in value.split(",") if v.strip()]
-        return [v.strip().lower() for v in value]
+        names = [v.strip().lower() for v in value]
+        unknown = [n for n in names if n not in BACKBONE_NAMES]
+        if unknown or not names:
+            raise ValueError(f"unknown backbone(s) {unknown or names}; choose from {', '.join(BACKBONE_NAMES)}")
+        return names
 
     @field_validator("weights")
     @classmethod
