@@ -9,7 +9,9 @@ Training decodes every image through these same two functions, so serving cannot
 from __future__ import annotations
 
 import io
+import struct
 import warnings
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +24,14 @@ DEFAULT_MAX_PIXELS = 50_000_000
 MIN_SIDE = 32
 MAX_ASPECT_RATIO = 8.0
 PIL_FORMATS = frozenset({"JPEG", "PNG"})
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+JPEG_MAGIC = b"\xff\xd8\xff"
+# What Pillow and pydicom raise for damaged or hostile files (beyond their own error types).
+_DECODER_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, KeyError, struct.error, zlib.error)
+
+# Decoder warnings can quote bytes of the upload (pydicom: "Invalid value for VR UI: '<file content>'"); the
+# service's stderr is its log, so they must not be printed. Uploads are validated by raising, not warning.
+warnings.filterwarnings("ignore", category=UserWarning, module=r"(pydicom|PIL)(\.|$)")
 
 
 class ImageInputError(ValueError):
@@ -115,7 +125,32 @@ def _check_dimensions(width: int, height: int, max_pixels: int) -> None:
         )
 
 
+def _short(exc: BaseException, limit: int = 160) -> str:
+    text = str(exc) or type(exc).__name__
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def _check_png_crcs(data: bytes) -> None:
+    """Pillow does not check the CRC of IDAT chunks: a bit flip in the pixel data would decode silently."""
+    view = memoryview(data)
+    pos = len(PNG_MAGIC)
+    while pos + 12 <= len(data):
+        length, kind = struct.unpack_from(">I4s", data, pos)
+        end = pos + 12 + length
+        if end > len(data):
+            return  # truncated: reported by the decoder
+        (crc,) = struct.unpack_from(">I", data, end - 4)
+        if zlib.crc32(view[pos + 4 : end - 4]) & 0xFFFFFFFF != crc:
+            name = kind.decode("ascii") if kind.isalpha() else f"at byte {pos}"
+            raise CorruptImageError(f"The PNG file is damaged: the CRC of its {name} chunk does not match.")
+        if kind == b"IEND":
+            return
+        pos = end
+
+
 def _decode_pillow(data: bytes, max_pixels: int) -> DecodedImage:
+    if data.startswith(PNG_MAGIC):
+        _check_png_crcs(data)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -123,9 +158,14 @@ def _decode_pillow(data: bytes, max_pixels: int) -> DecodedImage:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageTooLargeError(f"The image declares too many pixels: {exc}") from exc
     except UnidentifiedImageError as exc:
+        if data.startswith((PNG_MAGIC, JPEG_MAGIC)):
+            kind = "PNG" if data.startswith(PNG_MAGIC) else "JPEG"
+            raise CorruptImageError(f"The {kind} file is damaged: its header cannot be read.") from exc
         raise UnsupportedFormatError(
             "The file is not a recognised image. Upload a JPEG, PNG or DICOM chest X-ray."
         ) from exc
+    except _DECODER_ERRORS as exc:  # e.g. truncated header chunks, oversized PNG text chunks
+        raise CorruptImageError(f"The image file is damaged or truncated ({_short(exc)}).") from exc
     with image:
         if image.format not in PIL_FORMATS:
             raise UnsupportedFormatError(
@@ -138,8 +178,8 @@ def _decode_pillow(data: bytes, max_pixels: int) -> DecodedImage:
             image.load()
             image = ImageOps.exif_transpose(image)
             gray, colour_note = _pil_to_gray(image)
-        except (OSError, SyntaxError, ValueError) as exc:  # Pillow reports broken streams this way
-            raise CorruptImageError(f"The {image.format} file is damaged or truncated ({exc}).") from exc
+        except _DECODER_ERRORS as exc:  # Pillow reports broken streams (and broken EXIF) this way
+            raise CorruptImageError(f"The {source_format} file is damaged or truncated ({_short(exc)}).") from exc
     if colour_note:
         notes.append(colour_note)
     return DecodedImage(pixels=gray, source_format=source_format, warnings=tuple(notes))
@@ -172,18 +212,33 @@ def _stretch_to_uint8(values: np.ndarray) -> np.ndarray:
 
 
 def _decode_dicom(data: bytes, max_pixels: int) -> DecodedImage:
-    import pydicom  # imported lazily: only DICOM uploads pay for it
-    from pydicom.errors import InvalidDicomError
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+    """pydicom parses elements lazily, so a damaged element can raise almost anywhere: map it all to 422."""
+    from pydicom.errors import BytesLengthException, InvalidDicomError
 
     try:
-        dataset = pydicom.dcmread(io.BytesIO(data))
-    except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError) as exc:
-        raise CorruptImageError(f"The DICOM file could not be read ({exc}).") from exc
+        return _decode_dicom_dataset(data, max_pixels)
+    except ImageInputError:
+        raise
+    except (InvalidDicomError, BytesLengthException, NotImplementedError, AttributeError, OverflowError,
+            ZeroDivisionError, *_DECODER_ERRORS) as exc:  # fmt: skip
+        raise CorruptImageError(f"The DICOM file could not be read ({_short(exc)}).") from exc
+
+
+def _decode_dicom_dataset(data: bytes, max_pixels: int) -> DecodedImage:
+    import pydicom  # imported lazily: only DICOM uploads pay for it
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    dataset = pydicom.dcmread(io.BytesIO(data))
     if "PixelData" not in dataset:
         raise CorruptImageError("The DICOM file has no pixel data (is it a report or structured document?).")
     rows, columns = int(dataset.get("Rows", 0)), int(dataset.get("Columns", 0))
     _check_dimensions(columns, rows, max_pixels)
+    frames = int(dataset.get("NumberOfFrames", 1) or 1)
+    if frames * rows * columns > max_pixels:  # pixel_array decodes every frame
+        raise ImageTooLargeError(
+            f"The DICOM has {frames} frames of {columns}x{rows} pixels ({frames * rows * columns:,} in all); "
+            f"the limit is {max_pixels:,} pixels."
+        )
     notes: list[str] = []
     try:
         pixels = dataset.pixel_array
@@ -193,7 +248,6 @@ def _decode_dicom(data: bytes, max_pixels: int) -> DecodedImage:
         ) from exc
     except (ValueError, AttributeError, TypeError, KeyError, EOFError) as exc:
         raise CorruptImageError(f"The DICOM pixel data is damaged ({exc}).") from exc
-    frames = int(dataset.get("NumberOfFrames", 1) or 1)
     samples = int(dataset.get("SamplesPerPixel", 1) or 1)
     if frames > 1:
         pixels = pixels[0]
