@@ -1,0 +1,117 @@
+"""Helpers shared by the test suites that talk to real `uvicorn app.main:app` subprocesses over loopback.
+
+Used by tests/integration and tests/hardening (import as `from tests.support import ...`; the conftests
+re-export the `start_server` fixture).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+START_TIMEOUT_S = 240
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Server:
+    process: subprocess.Popen
+    base_url: str
+    log_path: Path
+
+    def stop(self) -> int:
+        return stop(self.process)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def rss_kib(self) -> int:
+        """Resident set size of the uvicorn process (VmRSS from /proc), in KiB."""
+        return rss_kib(self.process.pid)
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def launch(
+    bundle_dir: Path, log_path: Path, *, uvicorn_args: tuple[str, ...] = (), **env_overrides: str
+) -> tuple[subprocess.Popen, str]:
+    """Start uvicorn on a free loopback port; stdout and stderr both go to `log_path`."""
+    port = free_port()
+    env = {**os.environ, "PNEUMONIA_MODEL_DIR": str(bundle_dir), "TF_CPP_MIN_LOG_LEVEL": "3", **env_overrides}
+    log_file = log_path.open("wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port), *uvicorn_args],
+        cwd=REPO_ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    log_file.close()
+    return process, f"http://127.0.0.1:{port}"
+
+
+def wait_ready(process: subprocess.Popen, base_url: str, log_path: Path) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"server exited with {process.returncode} before ready:\n{log_path.read_text()[-4000:]}")
+        try:
+            if httpx.get(f"{base_url}/health/ready", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.3)
+    process.kill()
+    pytest.fail(f"server not ready within {START_TIMEOUT_S}s:\n{log_path.read_text()[-4000:]}")
+
+
+def stop(process: subprocess.Popen) -> int:
+    process.send_signal(signal.SIGTERM)
+    try:
+        return process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+        raise
+
+
+@pytest.fixture(scope="module")
+def start_server(tmp_path_factory):
+    """Factory: start uvicorn on a bundle, wait for ready; every server is SIGTERMed at the end."""
+    started: list[subprocess.Popen] = []
+
+    def factory(bundle_dir: Path, *, uvicorn_args: tuple[str, ...] = (), **env: str) -> Server:
+        workdir = tmp_path_factory.mktemp("server")
+        process, base_url = launch(bundle_dir, workdir / "server.log", uvicorn_args=uvicorn_args, **env)
+        started.append(process)
+        wait_ready(process, base_url, workdir / "server.log")
+        return Server(process, base_url, workdir / "server.log")
+
+    yield factory
+    for process in started:
+        if process.poll() is None:
+            # uvicorn shuts down gracefully, then re-raises the captured SIGTERM: -15 is a clean exit here
+            assert stop(process) in (0, -signal.SIGTERM), "uvicorn did not exit on SIGTERM"
+
+
+def copy_bundle(tiny_bundle: Path, target: Path) -> Path:
+    shutil.copytree(tiny_bundle, target)
+    return target
