@@ -159,7 +159,17 @@ def read_metadata(bundle_dir: Path) -> BundleMetadata:
     try:
         return BundleMetadata.model_validate_json(path.read_bytes())
     except ValidationError as exc:
-        raise BundleError(f"{path}: invalid metadata: {exc}") from exc
+        raise BundleError(f"{path}: invalid metadata: {_one_line(exc)}") from exc
+
+
+def _one_line(exc: ValidationError, limit: int = 5) -> str:
+    """`field.path: message` for the first few errors, on one line (the start-up refusal is one log line)."""
+    parts = []
+    for error in exc.errors()[:limit]:
+        where = ".".join(str(p) for p in error.get("loc", ()))
+        parts.append(f"{where}: {error['msg']}" if where else str(error["msg"]))
+    more = f" (+{exc.error_count() - limit} more)" if exc.error_count() > limit else ""
+    return "; ".join(parts).replace("\n", " ") + more
 
 
 def verify_file(bundle_dir: Path, filename: str, expected_sha256: str) -> Path:
