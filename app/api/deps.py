@@ -1,4 +1,9 @@
-"""Dependencies as `Annotated` aliases (FastAPI full-stack template style)."""
+"""Dependencies as `Annotated` aliases (FastAPI full-stack template style).
+
+They are `async def` on purpose: none of them blocks, and FastAPI runs every plain `def` dependency in
+the thread pool, a thread round trip per dependency per request (py-spy on /predict: ~13% of the event
+loop's busy time went to `run_in_threadpool` for these; bench/).
+"""
 
 from __future__ import annotations
 
@@ -13,15 +18,15 @@ from app.metrics import Metrics
 from app.service import ModelService
 
 
-def get_app_settings(request: Request) -> Settings:
+async def get_app_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_metrics(request: Request) -> Metrics:
+async def get_metrics(request: Request) -> Metrics:
     return request.app.state.metrics
 
 
-def get_service(request: Request) -> ModelService:
+async def get_service(request: Request) -> ModelService:
     service = getattr(request.app.state, "service", None)
     if service is None:
         raise ApiError(503, "not_ready", "The model is still loading; retry shortly.", {"Retry-After": "1"})
@@ -39,7 +44,7 @@ class Decision:
     operating_point: str
 
 
-def get_decision(
+async def get_decision(
     service: ServiceDep,
     operating_point: Annotated[
         str | None, Query(description="Named operating point from GET /model (default: the model's default)")
