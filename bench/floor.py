@@ -1,0 +1,58 @@
+"""The floor: what the model and the preprocessing cost on their own, in this process, without any server.
+
+- model: `InferenceSession.run` on an already-preprocessed (1, H, W, 3) tensor, with the session options the
+  service uses by default (its intra/inter-op thread settings), so the comparison is like for like;
+- decode: `app.imaging.decode_image` + `to_model_input` on the sample JPEG bytes (what every request pays).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from app.bundle import ONNX_FILENAME, BundleMetadata
+from app.config import Settings
+from app.imaging import decode_image, to_model_input
+from bench.stats import summarize_ms
+
+
+def _time_calls(function, iterations: int, warmup: int) -> list[float]:
+    for i in range(warmup):
+        function(i)
+    timings = []
+    for i in range(iterations):
+        started = time.perf_counter()
+        function(i)
+        timings.append(time.perf_counter() - started)
+    return timings
+
+
+def measure_floor(bundle: Path, metadata: BundleMetadata, images: list[bytes], iterations: int, warmup: int = 20) -> dict:
+    defaults = Settings.model_fields
+    intra = defaults["onnx_intra_op_threads"].default
+    inter = defaults["onnx_inter_op_threads"].default
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = intra
+    options.inter_op_num_threads = inter
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(bundle / ONNX_FILENAME), sess_options=options, providers=["CPUExecutionProvider"])
+    size = metadata.input_size
+    tensors = [to_model_input(decode_image(data), size)[None].astype(np.float32) for data in images]
+    feeds = [{metadata.onnx_input_name: t} for t in tensors]
+    outputs = [metadata.onnx_output_name]
+
+    model = _time_calls(lambda i: session.run(outputs, feeds[i % len(feeds)]), iterations, warmup)
+    decode = _time_calls(lambda i: to_model_input(decode_image(images[i % len(images)]), size), iterations, warmup)
+    model_s = summarize_ms(model, (50, 95))
+    decode_s = summarize_ms(decode, (50, 95))
+    return {
+        "onnx_session_options": {"intra_op_num_threads": intra, "inter_op_num_threads": inter, "provider": "CPUExecutionProvider"},
+        "input_shape": [1, *size, 3],
+        "iterations": iterations,
+        "model_session_run": model_s,
+        "decode_preprocess": decode_s,
+        "model_plus_decode_p50_ms": round(model_s["p50_ms"] + decode_s["p50_ms"], 3),
+    }
