@@ -1,4 +1,4 @@
-"""`python -m training {train,evaluate,export}`: the offline half of the product."""
+"""`python -m training {train,evaluate,export,publish}`: the offline half of the product."""
 
 from __future__ import annotations
 
@@ -75,6 +75,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_publish(args: argparse.Namespace) -> int:
+    from training.run import publish_run
+
+    copied = publish_run(Path(args.run), Path(args.out))
+    print(f"{len(copied)} files copied to {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -104,6 +112,11 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--model", help="backbone to export (default: best validation ROC-AUC of the run)")
     export.add_argument("--operating-point", help="default operating point (default: the run's configuration)")
     export.set_defaults(func=cmd_export)
+
+    publish = sub.add_parser("publish", help="copy a run's evidence (config, split, logs, metrics, plots) for committing")
+    publish.add_argument("--run", required=True)
+    publish.add_argument("--out", required=True, help="e.g. results/NAME")
+    publish.set_defaults(func=cmd_publish)
     return parser
 
 

@@ -95,6 +95,28 @@ def _record_skipped(run_dir: Path, decoded: dict[str, DecodedSet]) -> None:
     (run_dir / DATA_FILE).write_text(json.dumps(summary, indent=2))
 
 
+PUBLISHED_FILES = ("config.json", "data.json", "split.csv", "training.log", "comparison.md", "comparison.csv", "comparison.json")
+PUBLISHED_MODEL_FILES = ("history.csv", "done.json", "evaluation.json", "*.png")
+
+
+def publish_run(run_dir: Path, out_dir: Path) -> list[Path]:
+    """Copy the small, reviewable evidence of a run (no checkpoints, no predictions) into `out_dir`."""
+    import shutil
+
+    copied = []
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name in PUBLISHED_FILES:
+        if (run_dir / name).is_file():
+            copied.append(Path(shutil.copy2(run_dir / name, out_dir / name)))
+    copied += [Path(shutil.copy2(p, out_dir / p.name)) for p in sorted(run_dir.glob("gradcam_grid_*.png"))]
+    for name, model_dir in model_dirs(run_dir).items():
+        target = out_dir / MODELS_DIR / name
+        target.mkdir(parents=True, exist_ok=True)
+        for pattern in PUBLISHED_MODEL_FILES:
+            copied += [Path(shutil.copy2(p, target / p.name)) for p in sorted(model_dir.glob(pattern))]
+    return copied
+
+
 def evaluate_run(run_dir: Path, data_dir: Path | None) -> None:
     from training.evaluate import evaluate_models
 

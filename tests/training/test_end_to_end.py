@@ -90,3 +90,11 @@ def test_export_with_another_default_point(tiny_run, tmp_path, point):
     metadata = read_metadata(bundle)
     assert metadata.backbone == "efficientnetb0" and metadata.default_operating_point == point
     assert metadata.validation.threshold == pytest.approx(metadata.operating_point(point).threshold)
+
+
+def test_publish_copies_evidence_but_no_checkpoints(tiny_run, tmp_path):
+    out = tmp_path / "results"
+    assert main(["publish", "--run", str(tiny_run), "--out", str(out)]) == 0
+    names = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
+    assert {"config.json", "split.csv", "comparison.md", "models/mobilenetv2/evaluation.json", "models/mobilenetv2/roc_pr.png"} <= names
+    assert not any(n.endswith((".keras", ".npz")) for n in names)
