@@ -64,6 +64,16 @@ class SplitMetrics(_Strict):
     confusion_matrix: list[list[int]] = Field(description="[[TN, FP], [FN, TP]] at `threshold`.")
 
 
+class LogitCalibration(_Strict):
+    """Affine calibration of the logit, fitted on validation and baked into the logit layer:
+    served probability = sigmoid(scale * logit + bias). scale=1, bias=0 means uncalibrated."""
+
+    method: Literal["platt", "none"]
+    scale: float = Field(gt=0.0)
+    bias: float
+    fitted_on: Literal["validation"] = "validation"
+
+
 class Preprocessing(_Strict):
     """What the model expects. Everything else (scaling, normalisation) is inside the model."""
 
@@ -105,7 +115,7 @@ class BundleMetadata(_Strict):
     onnx_output_name: str
     gradcam_layer: str = Field(description="Layer of model.keras whose activations Grad-CAM uses.")
     logit_layer: str = Field(description="Layer of model.keras that outputs the logit (before the sigmoid).")
-    temperature: float = Field(gt=0.0, description="Temperature baked into the logit (1.0 = uncalibrated).")
+    calibration: LogitCalibration
     default_operating_point: str
     operating_points: list[OperatingPoint] = Field(min_length=1)
     validation: SplitMetrics

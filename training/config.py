@@ -9,7 +9,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-OperatingPointName = Literal["youden", "max_f1", "sensitivity_95", "balanced_0.5"]
+OperatingPointName = Literal["youden", "max_f1", "sensitivity_95", "balanced_0.5", "stress_youden"]
 BACKBONE_NAMES = ("densenet121", "resnet50", "efficientnetb0", "mobilenetv2")
 
 
@@ -37,7 +37,7 @@ class TrainConfig(BaseModel):
     augment_strength: float = Field(1.0, ge=0.0, le=3.0)
     budget_minutes: float | None = Field(None, gt=0.0, description="Wall-clock training budget per backbone")
     default_operating_point: OperatingPointName = "sensitivity_95"
-    calibrate: bool = Field(True, description="Fit temperature scaling on validation and bake it into the export")
+    calibrate: bool = Field(True, description="Fit Platt scaling of the logit on validation and bake it into the export")
     bootstrap_samples: int = Field(1000, ge=0)
     decode_workers: int = Field(4, ge=1)
 

@@ -1,8 +1,9 @@
 """`evaluate`: validation (and, when present, test) metrics for every model of a run, then the comparison.
 
 Order of work per model, all choices on validation only:
-    predict val -> fit temperature on val -> operating points on calibrated val -> metrics with bootstrap
-    intervals at the default point -> stress check on perturbed val -> (test metrics at the val threshold)
+    predict val -> fit Platt calibration on val -> stress check on perturbed val -> operating points on
+    calibrated val (one of them robust to the perturbations) -> metrics with bootstrap intervals at the
+    default point -> (test metrics at the validation-chosen threshold)
 """
 
 from __future__ import annotations
@@ -13,20 +14,21 @@ from pathlib import Path
 
 import numpy as np
 
+from app.bundle import LogitCalibration
 from training import report
 from training.data import DecodedSet, find_split_dir, scan_split
 from training.fit import BEST_CHECKPOINT, DONE_MARKER, predict_probabilities
 from training.metrics import (
     binary_metrics,
     expected_calibration_error,
-    fit_temperature,
+    calibrate,
+    fit_platt,
     logits_from_probabilities,
     operating_points,
-    sigmoid,
     split_metrics,
 )
 from training.run import decode_subset, model_dirs, read_config, read_data_summary, read_split, SPLIT_FILE
-from training.stress import stress_report
+from training.stress import perturbed_predictions, stress_report
 
 log = logging.getLogger(__name__)
 
@@ -43,15 +45,14 @@ def _test_samples(run_dir: Path, data_dir: Path | None) -> list:
 
 
 class CalibratedPredictor:
-    """Keras model probabilities with the validation-fitted temperature applied to the logit."""
+    """Keras model probabilities with the validation-fitted logit calibration applied."""
 
-    def __init__(self, model, temperature: float):
+    def __init__(self, model, calibration: LogitCalibration):
         self.model = model
-        self.temperature = temperature
+        self.calibration = calibration
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
-        raw = predict_probabilities(self.model, images)
-        return sigmoid(logits_from_probabilities(raw) / self.temperature)
+        return calibrate(predict_probabilities(self.model, images), self.calibration.scale, self.calibration.bias)
 
 
 def evaluate_model(model_dir: Path, val: DecodedSet, test: DecodedSet | None, config) -> dict:
@@ -59,17 +60,22 @@ def evaluate_model(model_dir: Path, val: DecodedSet, test: DecodedSet | None, co
 
     model = keras.models.load_model(model_dir / BEST_CHECKPOINT, compile=False)
     raw_val = predict_probabilities(model, val.images)
-    temperature = fit_temperature(val.labels, logits_from_probabilities(raw_val)) if config.calibrate else 1.0
-    predictor = CalibratedPredictor(model, temperature)
-    p_val = sigmoid(logits_from_probabilities(raw_val) / temperature)
+    if config.calibrate:
+        scale, bias = fit_platt(val.labels, logits_from_probabilities(raw_val))
+        calibration = LogitCalibration(method="platt", scale=scale, bias=bias)
+    else:
+        calibration = LogitCalibration(method="none", scale=1.0, bias=0.0)
+    predictor = CalibratedPredictor(model, calibration)
+    p_val = calibrate(raw_val, calibration.scale, calibration.bias)
 
-    points = operating_points(val.labels, p_val)
+    perturbed = perturbed_predictions(val.images, predictor)
+    points = operating_points(val.labels, p_val, perturbed)
     default = next(p for p in points if p.name == config.default_operating_point)
     validation = split_metrics("validation", val.labels, p_val, default.threshold, samples=config.bootstrap_samples, seed=config.seed)
-    stress = stress_report(val.labels, val.images, predictor, default.threshold, binary_metrics)
+    stress = stress_report(val.labels, perturbed, default.threshold, binary_metrics)
     evaluation = {
         "backbone": model_dir.name,
-        "temperature": temperature,
+        "calibration": calibration.model_dump(),
         "ece_uncalibrated": expected_calibration_error(val.labels, raw_val),
         "default_operating_point": default.name,
         "operating_points": [p.model_dump() for p in points],

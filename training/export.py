@@ -21,6 +21,7 @@ from app.bundle import (
     BundleMetadata,
     DataSummary,
     FileChecksums,
+    LogitCalibration,
     OperatingPoint,
     Preprocessing,
     SplitMetrics,
@@ -52,11 +53,11 @@ class ExportError(RuntimeError):
     pass
 
 
-def bake_temperature(model, temperature: float):
-    """Divide the logit layer's kernel and bias by T: the model then outputs sigmoid(logit / T) exactly."""
+def bake_calibration(model, calibration: LogitCalibration):
+    """Fold scale * logit + bias into the logit Dense layer: the model then outputs calibrated probabilities."""
     logit = model.get_layer(LOGIT_LAYER)
     kernel, bias = logit.get_weights()
-    logit.set_weights([kernel / temperature, bias / temperature])
+    logit.set_weights([kernel * calibration.scale, bias * calibration.scale + calibration.bias])
     return model
 
 
@@ -132,7 +133,8 @@ def export_bundle(run_dir: Path, out_dir: Path, *, model_name: str | None = None
     staging = out_dir.with_name(out_dir.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    model = bake_temperature(keras.models.load_model(model_dir / BEST_CHECKPOINT, compile=False), evaluation["temperature"])
+    calibration = LogitCalibration.model_validate(evaluation["calibration"])
+    model = bake_calibration(keras.models.load_model(model_dir / BEST_CHECKPOINT, compile=False), calibration)
     model.save(staging / KERAS_FILENAME)
     input_name, output_name = convert_to_onnx(model, config.image_size, staging / ONNX_FILENAME)
 
@@ -153,7 +155,7 @@ def export_bundle(run_dir: Path, out_dir: Path, *, model_name: str | None = None
         onnx_output_name=output_name,
         gradcam_layer=BACKBONES[name].gradcam_layer,
         logit_layer=LOGIT_LAYER,
-        temperature=evaluation["temperature"],
+        calibration=calibration,
         default_operating_point=default_name,
         operating_points=points,
         validation=_validation_at(default_point, model_dir, evaluation, config),
@@ -231,7 +233,7 @@ def model_card(metadata: BundleMetadata) -> str:
 | Backbone | {metadata.backbone} (keras.applications), input {metadata.preprocessing.input_height}x{metadata.preprocessing.input_width} RGB 0-255, preprocessing inside the model |
 | Version | {metadata.version} (package {metadata.package_version}), created {metadata.created_at.isoformat()} |
 | Training | {", ".join(f"{k}: {val}" for k, val in metadata.training.items())} |
-| Calibration | temperature {metadata.temperature:.3f} fitted on validation, baked into the logit layer |
+| Calibration | {metadata.calibration.method}: p = sigmoid({metadata.calibration.scale:.3f} x logit {metadata.calibration.bias:+.3f}), fitted on validation and baked into the logit layer. Calibrated to the validation prevalence ({metadata.validation.n_positive / metadata.validation.n_images:.0%} pneumonia): where pneumonia is rarer, probabilities overstate it. |
 | Files | model.onnx sha256 `{metadata.checksums.onnx_sha256}`; model.keras sha256 `{metadata.checksums.keras_sha256}` |
 
 ## Intended use

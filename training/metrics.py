@@ -7,7 +7,7 @@ Every threshold here is chosen on validation predictions only; callers never pas
 from __future__ import annotations
 
 import numpy as np
-from scipy.optimize import minimize_scalar
+from scipy.optimize import minimize
 from sklearn.metrics import (
     average_precision_score,
     brier_score_loss,
@@ -114,19 +114,26 @@ def _point(name: str, threshold: float, y: np.ndarray, p: np.ndarray, descriptio
     )
 
 
-def operating_points(y: np.ndarray, p: np.ndarray) -> list[OperatingPoint]:
+def _youden_threshold(y: np.ndarray, p: np.ndarray) -> float:
+    fpr, tpr, thresholds = roc_curve(y, p)
+    finite = np.isfinite(thresholds)
+    return float(thresholds[finite][np.argmax((tpr - fpr)[finite])])
+
+
+def operating_points(y: np.ndarray, p: np.ndarray, perturbed: dict[str, np.ndarray] | None = None) -> list[OperatingPoint]:
     """Named thresholds chosen on (validation) predictions.
 
     youden          maximises sensitivity + specificity - 1
     max_f1          maximises F1 of the PNEUMONIA class
     sensitivity_95  the highest threshold whose sensitivity is still >= 0.95 (best specificity at that floor)
     balanced_0.5    0.5 on the calibrated probability, for reference
+    stress_youden   (with `perturbed`) maximises Youden's J over the clean and all perturbed validation
+                    predictions pooled: a threshold that holds up when acquisition changes
+    Sensitivity/specificity of every point are reported on the clean validation predictions.
     """
     y = np.asarray(y, dtype=int)
     p = np.asarray(p, dtype=float)
-    fpr, tpr, roc_thresholds = roc_curve(y, p)
-    finite = np.isfinite(roc_thresholds)
-    youden = roc_thresholds[finite][np.argmax((tpr - fpr)[finite])]
+    youden = _youden_threshold(y, p)
 
     precision, recall, pr_thresholds = precision_recall_curve(y, p)
     f1 = 2 * precision[:-1] * recall[:-1] / np.maximum(precision[:-1] + recall[:-1], _EPS)
@@ -135,7 +142,7 @@ def operating_points(y: np.ndarray, p: np.ndarray) -> list[OperatingPoint]:
     candidates = np.unique(p)[::-1]  # highest first; labelled positive when p >= threshold
     sensitivity_95 = next(t for t in candidates if (p[y == 1] >= t).mean() >= TARGET_SENSITIVITY)
 
-    return [
+    points = [
         _point("youden", youden, y, p, "Maximises sensitivity + specificity - 1 on validation."),
         _point("max_f1", max_f1, y, p, "Maximises F1 of the PNEUMONIA class on validation."),
         _point(
@@ -147,6 +154,19 @@ def operating_points(y: np.ndarray, p: np.ndarray) -> list[OperatingPoint]:
         ),
         _point("balanced_0.5", 0.5, y, p, "Probability 0.5 of the calibrated model."),
     ]
+    if perturbed:
+        pooled_y = np.concatenate([y] * (len(perturbed) + 1))
+        pooled_p = np.concatenate([p, *perturbed.values()])
+        points.append(
+            _point(
+                "stress_youden",
+                _youden_threshold(pooled_y, pooled_p),
+                y,
+                p,
+                "Maximises sensitivity + specificity - 1 over validation and its contrast/gamma/blur/noise/crop/shift perturbations.",
+            )
+        )
+    return points
 
 
 def logits_from_probabilities(p: np.ndarray) -> np.ndarray:
@@ -158,13 +178,22 @@ def sigmoid(z: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.asarray(z, dtype=np.float64)))
 
 
-def fit_temperature(y: np.ndarray, logits: np.ndarray) -> float:
-    """Temperature T > 0 minimising the negative log-likelihood of sigmoid(logit / T) (Guo et al., 2017)."""
-    y = np.asarray(y, dtype=np.float64)
+def fit_platt(y: np.ndarray, logits: np.ndarray) -> tuple[float, float]:
+    """(scale > 0, bias) minimising the negative log-likelihood of sigmoid(scale * logit + bias) (Platt, 1999).
 
-    def nll(log_t: float) -> float:
-        q = np.clip(sigmoid(logits / np.exp(log_t)), _EPS, 1 - _EPS)
+    Temperature scaling alone (bias 0) cannot undo the shift that class weighting puts into the logit; the
+    bias term can. A positive scale keeps the ranking (ROC-AUC) and the named operating points' decisions.
+    """
+    y = np.asarray(y, dtype=np.float64)
+    z = np.asarray(logits, dtype=np.float64)
+
+    def nll(params: np.ndarray) -> float:
+        q = np.clip(sigmoid(np.exp(params[0]) * z + params[1]), _EPS, 1 - _EPS)
         return float(-np.mean(y * np.log(q) + (1 - y) * np.log(1 - q)))
 
-    result = minimize_scalar(nll, bounds=(np.log(0.05), np.log(20.0)), method="bounded")
-    return float(np.exp(result.x))
+    result = minimize(nll, x0=np.zeros(2), method="Nelder-Mead", options={"xatol": 1e-6, "fatol": 1e-9, "maxiter": 2000})
+    return float(np.exp(result.x[0])), float(result.x[1])
+
+
+def calibrate(p: np.ndarray, scale: float, bias: float) -> np.ndarray:
+    return sigmoid(scale * logits_from_probabilities(p) + bias)

@@ -151,7 +151,7 @@ def plot_model(model_dir: Path, evaluation: dict, arrays: dict[str, np.ndarray])
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(4.5, 4))
-    for key, label in (("val_p_uncalibrated", "uncalibrated"), ("val_p", f"temperature {evaluation['temperature']:.2f}")):
+    for key, label in (("val_p_uncalibrated", "uncalibrated"), ("val_p", f"calibrated ({evaluation['calibration']['method']})")):
         confidence, observed, _ = reliability_curve(y, arrays[key])
         ax.plot(confidence, observed, marker="o", label=label)
     ax.plot([0, 1], [0, 1], "k:", linewidth=0.8)

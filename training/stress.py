@@ -86,17 +86,20 @@ def perturb(images: np.ndarray, perturbation: Perturbation, seed: int = 0) -> np
     return np.repeat(out[..., None], 3, axis=3).astype(images.dtype)
 
 
+def perturbed_predictions(images: np.ndarray, predict: Callable[[np.ndarray], np.ndarray]) -> dict[str, np.ndarray]:
+    """P(pneumonia) for every perturbation of the validation images, keyed by perturbation name."""
+    return {name: predict(perturb(images, perturbation)) for name, perturbation in PERTURBATIONS.items()}
+
+
 def stress_report(
     y: np.ndarray,
-    images: np.ndarray,
-    predict: Callable[[np.ndarray], np.ndarray],
+    predictions: dict[str, np.ndarray],
     threshold: float,
     metrics: Callable[[np.ndarray, np.ndarray, float], dict[str, float]],
 ) -> dict[str, dict[str, float]]:
     """ROC-AUC and sensitivity/specificity at `threshold` for each perturbation of the validation set."""
     report = {}
-    for name, perturbation in PERTURBATIONS.items():
-        p = predict(perturb(images, perturbation))
+    for name, p in predictions.items():
         m = metrics(y, p, threshold)
         report[name] = {k: round(m[k], 4) for k in ("roc_auc", "sensitivity", "specificity", "accuracy")}
         report[name]["mean_probability"] = round(float(np.mean(p)), 4)

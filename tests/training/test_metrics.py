@@ -10,7 +10,8 @@ from training.metrics import (
     binary_metrics,
     bootstrap_intervals,
     expected_calibration_error,
-    fit_temperature,
+    calibrate,
+    fit_platt,
     operating_points,
     sigmoid,
 )
@@ -70,8 +71,25 @@ def test_bootstrap_intervals_contain_the_point_estimate():
         assert e.ci_high - e.ci_low < 0.15
 
 
-def test_temperature_recovers_a_known_overconfidence():
+def test_platt_recovers_a_known_miscalibration_and_fixes_ece():
     rng = np.random.default_rng(2)
     true_logits = rng.normal(0, 2, 20000)
     y = (rng.random(true_logits.size) < sigmoid(true_logits)).astype(int)
-    assert fit_temperature(y, true_logits * 3.0) == pytest.approx(3.0, rel=0.1)
+    distorted = (true_logits - 1.0) * 3.0  # overconfident and shifted, as class weighting shifts a logit
+    scale, bias = fit_platt(y, distorted)
+    assert scale == pytest.approx(1 / 3.0, rel=0.1) and bias == pytest.approx(1.0, abs=0.1)
+    before = sigmoid(distorted)
+    after = calibrate(before, scale, bias)
+    assert expected_calibration_error(y, after) < 0.02 < expected_calibration_error(y, before)
+    assert sk.roc_auc_score(y, after) == pytest.approx(sk.roc_auc_score(y, before), rel=1e-4)
+
+
+def test_stress_youden_moves_the_threshold_with_perturbed_predictions():
+    y = np.array([0] * 50 + [1] * 50)
+    clean = np.concatenate([np.linspace(0.0, 0.4, 50), np.linspace(0.6, 1.0, 50)])
+    inflated = {"blur": np.clip(clean + 0.3, 0, 1)}  # a perturbation that pushes every score up
+    points = {p.name: p for p in operating_points(y, clean, inflated)}
+    assert "stress_youden" in points and "stress_youden" not in {p.name for p in operating_points(y, clean)}
+    assert points["stress_youden"].threshold > points["youden"].threshold
+    # a compromise between the clean optimum (0.4-0.6) and the perturbed one (0.7-0.9)
+    assert 0.6 <= points["stress_youden"].threshold <= 0.7 and points["stress_youden"].specificity == 1.0
