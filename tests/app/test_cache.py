@@ -56,3 +56,15 @@ def test_zero_size_cache_keeps_nothing():
 def test_prediction_ids_are_unique_hex():
     ids = {new_prediction_id() for _ in range(1000)}
     assert len(ids) == 1000 and all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
+
+
+def test_bookkeeping_stays_bounded_under_many_puts_and_expiry_still_works():
+    clock = FakeClock()
+    cache = PredictionCache(max_entries=4, ttl_s=10.0, clock=clock)
+    for i in range(1000):
+        clock.now += 0.001
+        cache.put(f"k{i}", image(), 0.5)
+    assert len(cache) == 4 and len(cache._insertions) <= 2 * 4 + 1
+    cache.put("k999", image(), 0.9)  # re-inserted: its old expiry record must not evict the new entry
+    clock.now += 10.0 - 0.0005
+    assert cache.get("k999") is not None and cache.get("k998") is None
