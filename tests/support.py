@@ -54,11 +54,20 @@ def rss_kib(pid: int) -> int:
 
 
 def launch(
-    bundle_dir: Path, log_path: Path, *, uvicorn_args: tuple[str, ...] = (), **env_overrides: str
+    bundle_dir: Path,
+    log_path: Path,
+    *,
+    uvicorn_args: tuple[str, ...] = (),
+    **env_overrides: str,
 ) -> tuple[subprocess.Popen, str]:
     """Start uvicorn on a free loopback port; stdout and stderr both go to `log_path`."""
     port = free_port()
-    env = {**os.environ, "PNEUMONIA_MODEL_DIR": str(bundle_dir), "TF_CPP_MIN_LOG_LEVEL": "3", **env_overrides}
+    env = {
+        **os.environ,
+        "PNEUMONIA_MODEL_DIR": str(bundle_dir),
+        "TF_CPP_MIN_LOG_LEVEL": "3",
+        **env_overrides,
+    }
     log_file = log_path.open("wb")
     process = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port), *uvicorn_args],
@@ -72,7 +81,9 @@ def wait_ready(process: subprocess.Popen, base_url: str, log_path: Path) -> None
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            pytest.fail(f"server exited with {process.returncode} before ready:\n{log_path.read_text()[-4000:]}")
+            pytest.fail(
+                f"server exited with {process.returncode} before ready:\n{log_path.read_text()[-4000:]}"
+            )
         try:
             if httpx.get(f"{base_url}/health/ready", timeout=2).status_code == 200:
                 return
@@ -80,7 +91,9 @@ def wait_ready(process: subprocess.Popen, base_url: str, log_path: Path) -> None
             pass
         time.sleep(0.3)
     process.kill()
-    pytest.fail(f"server not ready within {START_TIMEOUT_S}s:\n{log_path.read_text()[-4000:]}")
+    pytest.fail(
+        f"server not ready within {START_TIMEOUT_S}s:\n{log_path.read_text()[-4000:]}"
+    )
 
 
 def stop(process: subprocess.Popen) -> int:
@@ -98,9 +111,13 @@ def start_server(tmp_path_factory):
     """Factory: start uvicorn on a bundle, wait for ready; every server is SIGTERMed at the end."""
     started: list[subprocess.Popen] = []
 
-    def factory(bundle_dir: Path, *, uvicorn_args: tuple[str, ...] = (), **env: str) -> Server:
+    def factory(
+        bundle_dir: Path, *, uvicorn_args: tuple[str, ...] = (), **env: str
+    ) -> Server:
         workdir = tmp_path_factory.mktemp("server")
-        process, base_url = launch(bundle_dir, workdir / "server.log", uvicorn_args=uvicorn_args, **env)
+        process, base_url = launch(
+            bundle_dir, workdir / "server.log", uvicorn_args=uvicorn_args, **env
+        )
         started.append(process)
         wait_ready(process, base_url, workdir / "server.log")
         return Server(process, base_url, workdir / "server.log")
@@ -109,7 +126,9 @@ def start_server(tmp_path_factory):
     for process in started:
         if process.poll() is None:
             # uvicorn shuts down gracefully, then re-raises the captured SIGTERM: -15 is a clean exit here
-            assert stop(process) in (0, -signal.SIGTERM), "uvicorn did not exit on SIGTERM"
+            assert stop(process) in (0, -signal.SIGTERM), (
+                "uvicorn did not exit on SIGTERM"
+            )
 
 
 def copy_bundle(tiny_bundle: Path, target: Path) -> Path:

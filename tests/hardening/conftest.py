@@ -13,17 +13,23 @@ from hypothesis import HealthCheck, settings
 
 sys.path.insert(0, str(Path(__file__).parent))  # `import corpus` from the test modules
 
-import pytest  # noqa: E402
+import corpus
+import pytest
 
-import corpus  # noqa: E402
-from tests.support import Server, copy_bundle, launch, start_server, stop, wait_ready  # noqa: E402,F401
-
+from tests.support import Server, copy_bundle, launch, start_server, stop, wait_ready  # noqa: F401
 
 settings.register_profile(
-    "hardening", max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=False
+    "hardening",
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+    derandomize=False,
 )
 settings.register_profile(
-    "long", max_examples=20000, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
+    "long",
+    max_examples=20000,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "hardening"))
 
@@ -36,7 +42,10 @@ def shared_server(tiny_bundle, tmp_path_factory):
     bundle = copy_bundle(tiny_bundle, workdir / "bundle")
     log_path = workdir / "server.log"
     process, base_url = launch(
-        bundle, log_path, PNEUMONIA_MAX_UPLOAD_BYTES=str(corpus.UPLOAD_LIMIT), PNEUMONIA_CACHE_SIZE=str(corpus.SHARED_CACHE_SIZE)
+        bundle,
+        log_path,
+        PNEUMONIA_MAX_UPLOAD_BYTES=str(corpus.UPLOAD_LIMIT),
+        PNEUMONIA_CACHE_SIZE=str(corpus.SHARED_CACHE_SIZE),
     )
     try:
         wait_ready(process, base_url, log_path)

@@ -27,7 +27,9 @@ from PIL import Image
 
 SAMPLES = Path(__file__).resolve().parents[1] / "data" / "samples"
 BOUNDARY = "hardening-b0undary"
-UPLOAD_LIMIT = 2 * 1024 * 1024  # the corpus server runs with PNEUMONIA_MAX_UPLOAD_BYTES set to this
+UPLOAD_LIMIT = (
+    2 * 1024 * 1024
+)  # the corpus server runs with PNEUMONIA_MAX_UPLOAD_BYTES set to this
 SHARED_CACHE_SIZE = 16  # the shared server's prediction cache: small, so the load test fills it in warm-up
 SECRET_NAME_FRAGMENT = "PATIENT-ROE-JANE"  # distinctive: must never reach the logs
 
@@ -36,7 +38,9 @@ SECRET_NAME_FRAGMENT = "PATIENT-ROE-JANE"  # distinctive: must never reach the l
 class Expected:
     status: int
     code: str | None = None  # error.code for 4xx
-    mention: str | None = None  # a substring (case-insensitive) the error message must contain
+    mention: str | None = (
+        None  # a substring (case-insensitive) the error message must contain
+    )
 
 
 @dataclass
@@ -74,8 +78,10 @@ def case(fn: Callable[[], Case]) -> Callable[[], Case]:
 # --- building blocks ---------------------------------------------------------------------------------------
 def xray(side: int = 256) -> np.ndarray:
     """A committed sample X-ray as uint8 grayscale, resized to side x side."""
-    path = sorted((SAMPLES / "NORMAL").glob("*.jpeg"))[0]
-    return np.asarray(Image.open(path).convert("L").resize((side, side)), dtype=np.uint8)
+    path = min((SAMPLES / "NORMAL").glob("*.jpeg"))
+    return np.asarray(
+        Image.open(path).convert("L").resize((side, side)), dtype=np.uint8
+    )
 
 
 def encode(image: Image.Image, fmt: str, **options: Any) -> bytes:
@@ -114,13 +120,19 @@ def jpeg_claiming(width: int, height: int) -> bytes:
     return bytes(data)
 
 
-def upload(name: str, data: bytes, content_type: str = "application/octet-stream") -> dict[str, Any]:
+def upload(
+    name: str, data: bytes, content_type: str = "application/octet-stream"
+) -> dict[str, Any]:
     return {"file": (name, data, content_type)}
 
 
 def dicom_bytes(*, photometric: str = "MONOCHROME2", with_pixels: bool = True) -> bytes:
     from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+    from pydicom.uid import (
+        ExplicitVRLittleEndian,
+        SecondaryCaptureImageStorage,
+        generate_uid,
+    )
 
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
@@ -139,7 +151,12 @@ def dicom_bytes(*, photometric: str = "MONOCHROME2", with_pixels: bool = True) -
         ds.Rows, ds.Columns = stored.shape
         ds.SamplesPerPixel = 1
         ds.PhotometricInterpretation = photometric
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = (
+            16,
+            12,
+            11,
+            0,
+        )
         ds.RescaleSlope, ds.RescaleIntercept = 1.0, -1024.0
         ds.WindowCenter, ds.WindowWidth = 0.0, 4000.0
         ds.PixelData = stored.astype("<u2").tobytes()
@@ -152,9 +169,20 @@ def raw_multipart(*parts: bytes) -> bytes:
     return b"".join(parts) + f"--{BOUNDARY}--\r\n".encode()
 
 
-def part(name: str, data: bytes, filename: str | None = "x.png", content_type: str = "image/png") -> bytes:
-    disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
-    return f"--{BOUNDARY}\r\nContent-Disposition: {disposition}\r\nContent-Type: {content_type}\r\n\r\n".encode() + data + b"\r\n"
+def part(
+    name: str,
+    data: bytes,
+    filename: str | None = "x.png",
+    content_type: str = "image/png",
+) -> bytes:
+    disposition = f'form-data; name="{name}"' + (
+        f'; filename="{filename}"' if filename else ""
+    )
+    return (
+        f"--{BOUNDARY}\r\nContent-Disposition: {disposition}\r\nContent-Type: {content_type}\r\n\r\n".encode()
+        + data
+        + b"\r\n"
+    )
 
 
 MULTIPART_HEADERS = {"content-type": f"multipart/form-data; boundary={BOUNDARY}"}
@@ -163,23 +191,41 @@ MULTIPART_HEADERS = {"content-type": f"multipart/form-data; boundary={BOUNDARY}"
 # --- the request itself is wrong ---------------------------------------------------------------------------
 @case
 def empty_body() -> Case:
-    return Case("empty body", Expected(422, "missing_file", "'file'"), content=b"", headers=MULTIPART_HEADERS)
+    return Case(
+        "empty body",
+        Expected(422, "missing_file", "'file'"),
+        content=b"",
+        headers=MULTIPART_HEADERS,
+    )
 
 
 @case
 def empty_file() -> Case:
-    return Case("empty file", Expected(400, "empty_file", "empty"), files=upload("empty.png", b""))
+    return Case(
+        "empty file",
+        Expected(400, "empty_file", "empty"),
+        files=upload("empty.png", b""),
+    )
 
 
 @case
 def no_file_field() -> Case:
-    return Case("no file field", Expected(422, "missing_file", "'file'"), files={"image": ("x.jpeg", jpeg_bytes(64))})
+    return Case(
+        "no file field",
+        Expected(422, "missing_file", "'file'"),
+        files={"image": ("x.jpeg", jpeg_bytes(64))},
+    )
 
 
 @case
 def two_files() -> Case:
     body = raw_multipart(part("file", png_bytes(64)), part("file", png_bytes(64)))
-    return Case("two files", Expected(400, "too_many_files", "exactly one"), content=body, headers=MULTIPART_HEADERS)
+    return Case(
+        "two files",
+        Expected(400, "too_many_files", "exactly one"),
+        content=body,
+        headers=MULTIPART_HEADERS,
+    )
 
 
 @case
@@ -208,7 +254,11 @@ def raw_image_body() -> Case:
 
 @case
 def oversize_with_content_length() -> Case:
-    return Case("oversize, Content-Length", TOO_LARGE, files=upload("big.png", b"\0" * (UPLOAD_LIMIT + 4096)))
+    return Case(
+        "oversize, Content-Length",
+        TOO_LARGE,
+        files=upload("big.png", b"\0" * (UPLOAD_LIMIT + 4096)),
+    )
 
 
 @case
@@ -219,28 +269,54 @@ def oversize_chunked() -> Case:
             yield b"\0" * 65536
         yield f"\r\n--{BOUNDARY}--\r\n".encode()
 
-    return Case("oversize, chunked (no Content-Length)", TOO_LARGE, content=body(), headers=MULTIPART_HEADERS)
+    return Case(
+        "oversize, chunked (no Content-Length)",
+        TOO_LARGE,
+        content=body(),
+        headers=MULTIPART_HEADERS,
+    )
 
 
 # --- not an image we accept --------------------------------------------------------------------------------
 @case
 def text_as_png() -> Case:
-    return Case("text named .png", UNSUPPORTED, files=upload("x.png", b"just some plain text, not pixels\n" * 20))
+    return Case(
+        "text named .png",
+        UNSUPPORTED,
+        files=upload("x.png", b"just some plain text, not pixels\n" * 20),
+    )
 
 
 @case
 def html_as_png() -> Case:
-    return Case("HTML named .png", UNSUPPORTED, files=upload("x.png", b"<!doctype html><html><body><img src=x onerror=alert(1)></body></html>"))
+    return Case(
+        "HTML named .png",
+        UNSUPPORTED,
+        files=upload(
+            "x.png",
+            b"<!doctype html><html><body><img src=x onerror=alert(1)></body></html>",
+        ),
+    )
 
 
 @case
 def json_as_png() -> Case:
-    return Case("JSON named .png", UNSUPPORTED, files=upload("x.png", b'{"image": "xray", "pixels": [1, 2, 3]}'))
+    return Case(
+        "JSON named .png",
+        UNSUPPORTED,
+        files=upload("x.png", b'{"image": "xray", "pixels": [1, 2, 3]}'),
+    )
 
 
 @case
 def pdf_as_png() -> Case:
-    return Case("PDF named .png", UNSUPPORTED, files=upload("x.png", b"%PDF-1.7\n1 0 obj\n<< /Type /Catalog >>\nendobj\n%%EOF\n"))
+    return Case(
+        "PDF named .png",
+        UNSUPPORTED,
+        files=upload(
+            "x.png", b"%PDF-1.7\n1 0 obj\n<< /Type /Catalog >>\nendobj\n%%EOF\n"
+        ),
+    )
 
 
 @case
@@ -262,33 +338,53 @@ def svg() -> Case:
 @case
 def animated_gif() -> Case:
     frames = [Image.fromarray(xray(128)), Image.fromarray(255 - xray(128))]
-    data = encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
-    return Case("animated GIF", Expected(415, "unsupported_format", "gif"), files=upload("x.gif", data, "image/gif"))
+    data = encode(
+        frames[0], "GIF", save_all=True, append_images=frames[1:], duration=100, loop=0
+    )
+    return Case(
+        "animated GIF",
+        Expected(415, "unsupported_format", "gif"),
+        files=upload("x.gif", data, "image/gif"),
+    )
 
 
 @case
 def tiff() -> Case:
     data = encode(Image.fromarray(xray(128)), "TIFF")
-    return Case("TIFF", Expected(415, "unsupported_format", "tiff"), files=upload("x.tiff", data, "image/tiff"))
+    return Case(
+        "TIFF",
+        Expected(415, "unsupported_format", "tiff"),
+        files=upload("x.tiff", data, "image/tiff"),
+    )
 
 
 @case
 def bmp() -> Case:
     data = encode(Image.fromarray(xray(128)), "BMP")
-    return Case("BMP", Expected(415, "unsupported_format", "bmp"), files=upload("x.bmp", data, "image/bmp"))
+    return Case(
+        "BMP",
+        Expected(415, "unsupported_format", "bmp"),
+        files=upload("x.bmp", data, "image/bmp"),
+    )
 
 
 @case
 def webp() -> Case:
     data = encode(Image.fromarray(xray(128)), "WEBP")
-    return Case("WebP", Expected(415, "unsupported_format", "webp"), files=upload("x.webp", data, "image/webp"))
+    return Case(
+        "WebP",
+        Expected(415, "unsupported_format", "webp"),
+        files=upload("x.webp", data, "image/webp"),
+    )
 
 
 # --- damaged or absurd JPEG/PNG/DICOM ----------------------------------------------------------------------
 @case
 def truncated_jpeg() -> Case:
     data = jpeg_bytes(256)
-    return Case("truncated JPEG", CORRUPT, files=upload("x.jpeg", data[: len(data) // 3]))
+    return Case(
+        "truncated JPEG", CORRUPT, files=upload("x.jpeg", data[: len(data) // 3])
+    )
 
 
 @case
@@ -303,39 +399,61 @@ def png_bad_crc() -> Case:
     idat = data.index(b"IDAT")
     length = struct.unpack(">I", data[idat - 4 : idat])[0]
     data[idat + 4 + length] ^= 0xFF  # first CRC byte of the first IDAT chunk
-    return Case("PNG with a corrupt chunk CRC", CORRUPT, files=upload("x.png", bytes(data)))
+    return Case(
+        "PNG with a corrupt chunk CRC", CORRUPT, files=upload("x.png", bytes(data))
+    )
 
 
 @case
 def png_bad_header_crc() -> Case:
     data = bytearray(png_bytes(128))
     data[8 + 8 + 13] ^= 0xFF  # IHDR CRC
-    return Case("PNG with a corrupt IHDR CRC", CORRUPT, files=upload("x.png", bytes(data)))
+    return Case(
+        "PNG with a corrupt IHDR CRC", CORRUPT, files=upload("x.png", bytes(data))
+    )
 
 
 @case
 def png_text_bomb() -> Case:
     """A valid PNG carrying a zTXt chunk that inflates to 64 MiB (Pillow caps text chunks)."""
     data = png_bytes(64)
-    ztxt = png_chunk(b"zTXt", b"Comment\0\0" + zlib.compress(b"A" * (64 * 1024 * 1024), 9))
+    ztxt = png_chunk(
+        b"zTXt", b"Comment\0\0" + zlib.compress(b"A" * (64 * 1024 * 1024), 9)
+    )
     iend = data.rindex(b"IEND") - 4
     head = data.index(b"IDAT") - 4
-    return Case("PNG with a zTXt decompression bomb", CORRUPT, files=upload("x.png", data[:head] + ztxt + data[head:iend] + data[iend:]))
+    return Case(
+        "PNG with a zTXt decompression bomb",
+        CORRUPT,
+        files=upload("x.png", data[:head] + ztxt + data[head:iend] + data[iend:]),
+    )
 
 
 @case
 def png_50k() -> Case:
-    return Case("PNG claiming 50000x50000", TOO_MANY_PIXELS, files=upload("x.png", png_claiming(50_000, 50_000)))
+    return Case(
+        "PNG claiming 50000x50000",
+        TOO_MANY_PIXELS,
+        files=upload("x.png", png_claiming(50_000, 50_000)),
+    )
 
 
 @case
 def jpeg_50k() -> Case:
-    return Case("JPEG claiming 50000x50000", TOO_MANY_PIXELS, files=upload("x.jpeg", jpeg_claiming(50_000, 50_000)))
+    return Case(
+        "JPEG claiming 50000x50000",
+        TOO_MANY_PIXELS,
+        files=upload("x.jpeg", jpeg_claiming(50_000, 50_000)),
+    )
 
 
 @case
 def one_pixel() -> Case:
-    return Case("1x1 image", Expected(422, "bad_dimensions", "at least 32"), files=upload("x.png", encode(Image.new("L", (1, 1), 128), "PNG")))
+    return Case(
+        "1x1 image",
+        Expected(422, "bad_dimensions", "at least 32"),
+        files=upload("x.png", encode(Image.new("L", (1, 1), 128), "PNG")),
+    )
 
 
 @case
@@ -347,13 +465,21 @@ def tall_10x4000() -> Case:
 @case
 def extreme_aspect() -> Case:
     data = encode(Image.new("L", (40, 4000), 128), "PNG")
-    return Case("40x4000 (aspect 100:1)", Expected(422, "bad_dimensions", "aspect ratio"), files=upload("x.png", data))
+    return Case(
+        "40x4000 (aspect 100:1)",
+        Expected(422, "bad_dimensions", "aspect ratio"),
+        files=upload("x.png", data),
+    )
 
 
 @case
 def dicom_magic_garbage() -> Case:
     data = b"\0" * 128 + b"DICM" + bytes(range(256)) * 4
-    return Case("DICOM preamble followed by garbage", Expected(422, "corrupt_image", "dicom"), files=upload("x.dcm", data, "application/dicom"))
+    return Case(
+        "DICOM preamble followed by garbage",
+        Expected(422, "corrupt_image", "dicom"),
+        files=upload("x.dcm", data, "application/dicom"),
+    )
 
 
 @case
@@ -380,14 +506,20 @@ def palette_png_with_transparency() -> Case:
     image = Image.fromarray(xray(256)).convert("P")
     data = encode(image, "PNG", transparency=0)
     assert Image.open(io.BytesIO(data)).info.get("transparency") is not None
-    return Case("palette PNG with transparency", OK, files=upload("x.png", data, "image/png"))
+    return Case(
+        "palette PNG with transparency", OK, files=upload("x.png", data, "image/png")
+    )
 
 
 @case
 def rgba_png() -> Case:
     gray = Image.fromarray(xray(256))
-    data = encode(Image.merge("RGBA", (gray, gray, gray, Image.new("L", gray.size, 200))), "PNG")
-    return Case("RGBA PNG with partial alpha", OK, files=upload("x.png", data, "image/png"))
+    data = encode(
+        Image.merge("RGBA", (gray, gray, gray, Image.new("L", gray.size, 200))), "PNG"
+    )
+    return Case(
+        "RGBA PNG with partial alpha", OK, files=upload("x.png", data, "image/png")
+    )
 
 
 @case
@@ -396,34 +528,56 @@ def exif_rotated_jpeg() -> Case:
     exif = Image.Exif()
     exif[0x0112] = 6  # orientation: rotate 90 CW
     data = encode(image, "JPEG", exif=exif.tobytes())
-    return Case("JPEG with EXIF orientation", OK, files=upload("x.jpeg", data, "image/jpeg"))
+    return Case(
+        "JPEG with EXIF orientation", OK, files=upload("x.jpeg", data, "image/jpeg")
+    )
 
 
 @case
 def dicom_monochrome1() -> Case:
-    return Case("DICOM MONOCHROME1", OK, files=upload("x.dcm", dicom_bytes(photometric="MONOCHROME1"), "application/dicom"))
+    return Case(
+        "DICOM MONOCHROME1",
+        OK,
+        files=upload(
+            "x.dcm", dicom_bytes(photometric="MONOCHROME1"), "application/dicom"
+        ),
+    )
 
 
 @case
 def dicom_monochrome2() -> Case:
-    return Case("DICOM MONOCHROME2", OK, files=upload("x.dcm", dicom_bytes(), "application/dicom"))
+    return Case(
+        "DICOM MONOCHROME2",
+        OK,
+        files=upload("x.dcm", dicom_bytes(), "application/dicom"),
+    )
 
 
 @case
 def path_traversal_name() -> Case:
-    return Case("file name ../../etc/passwd.png", OK, files=upload("../../etc/passwd.png", png_bytes(), "image/png"))
+    return Case(
+        "file name ../../etc/passwd.png",
+        OK,
+        files=upload("../../etc/passwd.png", png_bytes(), "image/png"),
+    )
 
 
 @case
 def non_ascii_name() -> Case:
-    return Case("file name x-ray-ñ-東京.png", OK, files=upload("x-ray-ñ-東京.png", png_bytes(), "image/png"))
+    return Case(
+        "file name x-ray-ñ-東京.png",
+        OK,
+        files=upload("x-ray-ñ-東京.png", png_bytes(), "image/png"),
+    )
 
 
 @case
 def injected_name_parameter() -> Case:
     """An unescaped quote in the file name smuggles a second name= parameter: the part is not `file`."""
     name = f'{SECRET_NAME_FRAGMENT}"; name="other.png'
-    body = raw_multipart(part("file", jpeg_bytes(), filename=name, content_type="image/jpeg"))
+    body = raw_multipart(
+        part("file", jpeg_bytes(), filename=name, content_type="image/jpeg")
+    )
     return Case("name= injected through a file name", Expected(422, "missing_file", "'file'"), content=body,
                 headers=MULTIPART_HEADERS)  # fmt: skip
 
@@ -436,16 +590,31 @@ def quotes_in_name() -> Case:
 
 @case
 def text_plain_part() -> Case:
-    return Case("JPEG sent as a text/plain part", OK, files=upload(f"{SECRET_NAME_FRAGMENT}.txt", jpeg_bytes(), "text/plain"))
+    return Case(
+        "JPEG sent as a text/plain part",
+        OK,
+        files=upload(f"{SECRET_NAME_FRAGMENT}.txt", jpeg_bytes(), "text/plain"),
+    )
 
 
 @case
 def part_without_filename() -> Case:
-    body = raw_multipart(part("file", png_bytes(), filename=None, content_type="application/octet-stream"))
-    return Case("file part without a filename", OK, content=body, headers=MULTIPART_HEADERS)
+    body = raw_multipart(
+        part(
+            "file", png_bytes(), filename=None, content_type="application/octet-stream"
+        )
+    )
+    return Case(
+        "file part without a filename", OK, content=body, headers=MULTIPART_HEADERS
+    )
 
 
 @case
 def extra_fields() -> Case:
-    body = raw_multipart(part("comment", b"hello", filename=None, content_type="text/plain"), part("file", png_bytes()))
-    return Case("extra form fields besides file", OK, content=body, headers=MULTIPART_HEADERS)
+    body = raw_multipart(
+        part("comment", b"hello", filename=None, content_type="text/plain"),
+        part("file", png_bytes()),
+    )
+    return Case(
+        "extra form fields besides file", OK, content=body, headers=MULTIPART_HEADERS
+    )

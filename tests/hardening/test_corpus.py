@@ -7,10 +7,10 @@ problem. No case may produce a 5xx, and the service must still be ready afterwar
 
 from __future__ import annotations
 
+import corpus
 import httpx
 import pytest
 
-import corpus
 from app.bundle import RESEARCH_DISCLAIMER
 
 ENDPOINTS = ("/predict", "/explain")
@@ -33,24 +33,36 @@ def test_the_corpus_is_big_enough():
 
 
 @pytest.mark.parametrize("endpoint", ENDPOINTS)
-@pytest.mark.parametrize("make", corpus.CASES, ids=[make.__name__ for make in corpus.CASES])
+@pytest.mark.parametrize(
+    "make", corpus.CASES, ids=[make.__name__ for make in corpus.CASES]
+)
 def test_case(client, make, endpoint):
     case = make()
     response = client.post(endpoint, **case.request_kwargs())
     expected = case.expected
-    assert response.status_code < 500, (case.name, response.status_code, response.text[:500])
+    assert response.status_code < 500, (
+        case.name,
+        response.status_code,
+        response.text[:500],
+    )
     assert response.status_code == expected.status, (case.name, response.text[:500])
     assert response.headers["content-type"].startswith("application/json")
     body = response.json()
     assert body["disclaimer"] == RESEARCH_DISCLAIMER
     if expected.status == 200:
-        assert body["input"]["format"] in {"JPEG", "PNG", "DICOM"} and 0.0 <= body["probability"] <= 1.0
+        assert (
+            body["input"]["format"] in {"JPEG", "PNG", "DICOM"}
+            and 0.0 <= body["probability"] <= 1.0
+        )
         if endpoint == "/explain":
             assert body["heatmap_format"] == "png" and len(body["heatmap"]) > 100
         return
     error = body["error"]
     assert error["code"] == expected.code, (case.name, error)
-    assert expected.mention.lower() in error["message"].lower(), (case.name, error["message"])
+    assert expected.mention.lower() in error["message"].lower(), (
+        case.name,
+        error["message"],
+    )
 
 
 def test_still_ready_after_the_corpus(client, server):

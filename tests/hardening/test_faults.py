@@ -49,21 +49,35 @@ def _schema_violation(bundle):
 
 
 BROKEN_BUNDLES = {
-    "missing_onnx": (lambda b: (b / ONNX_FILENAME).unlink(), [ONNX_FILENAME, "missing"]),
+    "missing_onnx": (
+        lambda b: (b / ONNX_FILENAME).unlink(),
+        [ONNX_FILENAME, "missing"],
+    ),
     "truncated_onnx": (_truncate, [ONNX_FILENAME, "onnxruntime cannot load"]),
     "tampered_onnx": (_tamper, [ONNX_FILENAME, "checksum mismatch"]),
-    "metadata_not_json": (lambda b: (b / METADATA_FILENAME).write_text('{"name": "x",'), [METADATA_FILENAME, "invalid metadata", "invalid json"]),
-    "metadata_fails_schema": (_schema_violation, [METADATA_FILENAME, "invalid metadata", "operating_points.0.threshold"]),
-    "missing_metadata": (lambda b: (b / METADATA_FILENAME).unlink(), [METADATA_FILENAME, "missing"]),
+    "metadata_not_json": (
+        lambda b: (b / METADATA_FILENAME).write_text('{"name": "x",'),
+        [METADATA_FILENAME, "invalid metadata", "invalid json"],
+    ),
+    "metadata_fails_schema": (
+        _schema_violation,
+        [METADATA_FILENAME, "invalid metadata", "operating_points.0.threshold"],
+    ),
+    "missing_metadata": (
+        lambda b: (b / METADATA_FILENAME).unlink(),
+        [METADATA_FILENAME, "missing"],
+    ),
 }
 
 
 @pytest.mark.parametrize("name", sorted(BROKEN_BUNDLES))
-def test_broken_bundle_refuses_to_start_with_a_one_line_reason(name, tiny_bundle, tmp_path):
+def test_broken_bundle_refuses_to_start_with_a_one_line_reason(
+    name, tiny_bundle, tmp_path
+):
     breaker, expected_words = BROKEN_BUNDLES[name]
     bundle = copy_bundle(tiny_bundle, tmp_path / "bundle")
     breaker(bundle)
-    process, base_url = launch(bundle, tmp_path / "server.log")
+    process, _ = launch(bundle, tmp_path / "server.log")
     try:
         code = process.wait(timeout=EXIT_TIMEOUT_S)
     except subprocess.TimeoutExpired:
@@ -92,20 +106,31 @@ def test_missing_keras_starts_degraded(degraded, sample_images):
         ready = client.get("/health/ready")
         assert ready.status_code == 200 and ready.json()["explain"] is False
         assert client.get("/model").json()["explain_available"] is False
-        assert client.post("/predict", files={"file": ("x.jpeg", jpeg)}).status_code == 200
+        assert (
+            client.post("/predict", files={"file": ("x.jpeg", jpeg)}).status_code == 200
+        )
         refused = client.post("/explain", files={"file": ("x.jpeg", jpeg)})
         assert refused.status_code == 503
         error = refused.json()["error"]
-        assert error["code"] == "explain_unavailable" and KERAS_FILENAME in error["message"]
-        assert "Retry-After" not in refused.headers  # retrying will not help: this is not back-pressure
+        assert (
+            error["code"] == "explain_unavailable"
+            and KERAS_FILENAME in error["message"]
+        )
+        assert (
+            "Retry-After" not in refused.headers
+        )  # retrying will not help: this is not back-pressure
     assert "serving without explanations" in degraded.log()
 
 
 def _large_png(side: int, seed: int) -> bytes:
     rng = np.random.default_rng(seed)
-    gradient = np.linspace(0, 200, side, dtype=np.float32)[None, :] + rng.normal(0, 20, (side, side))
+    gradient = np.linspace(0, 200, side, dtype=np.float32)[None, :] + rng.normal(
+        0, 20, (side, side)
+    )
     buffer = io.BytesIO()
-    Image.fromarray(np.clip(gradient, 0, 255).astype(np.uint8)).save(buffer, format="PNG", compress_level=1)
+    Image.fromarray(np.clip(gradient, 0, 255).astype(np.uint8)).save(
+        buffer, format="PNG", compress_level=1
+    )
     return buffer.getvalue()
 
 
@@ -119,7 +144,9 @@ def test_sigterm_lets_in_flight_requests_finish(start_server, tiny_bundle, tmp_p
     def explain(data: bytes) -> None:
         try:
             with httpx.Client(base_url=server.base_url, timeout=120) as client:
-                response = client.post("/explain", files={"file": ("big.png", data, "image/png")})
+                response = client.post(
+                    "/explain", files={"file": ("big.png", data, "image/png")}
+                )
                 outcome = (response.status_code, response.json()["probability"])
         except BaseException as exc:  # noqa: BLE001  (reported below)
             outcome = exc
@@ -133,7 +160,11 @@ def test_sigterm_lets_in_flight_requests_finish(start_server, tiny_bundle, tmp_p
     with httpx.Client(base_url=server.base_url, timeout=10) as probe:
         while time.monotonic() < deadline:  # wait until all four are inside the app
             metrics = probe.get("/metrics").text
-            line = next(l for l in metrics.splitlines() if l.startswith("pneumonia_http_requests_in_flight"))
+            line = next(
+                l
+                for l in metrics.splitlines()
+                if l.startswith("pneumonia_http_requests_in_flight")
+            )
             if float(line.split()[-1]) >= len(uploads) + 1:  # +1: this /metrics request
                 break
             time.sleep(0.05)
@@ -144,10 +175,14 @@ def test_sigterm_lets_in_flight_requests_finish(start_server, tiny_bundle, tmp_p
     for thread in threads:
         thread.join(timeout=120)
     code = server.process.wait(timeout=90)
-    assert all(isinstance(r, tuple) and r[0] == 200 for r in results) and len(results) == len(uploads), results
+    assert all(isinstance(r, tuple) and r[0] == 200 for r in results) and len(
+        results
+    ) == len(uploads), results
     # uvicorn re-raises the SIGTERM it caught once shutdown is complete: -15 is its clean exit status
     assert code in (0, -signal.SIGTERM), code
     log = server.log()
     assert "Waiting for connections to close" in log or "Shutting down" in log
     assert "Application shutdown complete" in log and "Traceback" not in log
-    print(f"graceful shutdown: {len(uploads)} in-flight /explain finished {time.monotonic() - started:.1f}s after SIGTERM")
+    print(
+        f"graceful shutdown: {len(uploads)} in-flight /explain finished {time.monotonic() - started:.1f}s after SIGTERM"
+    )

@@ -16,13 +16,12 @@ import random
 import threading
 import time
 from collections import Counter
-from pathlib import Path
 
+import corpus
 import httpx
 import numpy as np
 import pytest
 
-import corpus
 from tests.support import REPO_ROOT
 
 RESULTS = REPO_ROOT / "bench" / "results" / "load.json"
@@ -37,24 +36,81 @@ def server(shared_server):
 
 def request_mix(sample_images) -> list[tuple[str, str, dict, set[int]]]:
     """(kind, endpoint, httpx kwargs, allowed statuses); 503 is added for every request."""
-    jpegs = [p.read_bytes() for label in ("NORMAL", "PNEUMONIA") for p in sample_images[label]]
+    jpegs = [
+        p.read_bytes()
+        for label in ("NORMAL", "PNEUMONIA")
+        for p in sample_images[label]
+    ]
     png = corpus.png_bytes(512)
     truncated = jpegs[0][: len(jpegs[0]) // 3]
     mix = []
     for data in jpegs:
-        mix.append(("predict", "/predict", {"files": corpus.upload("x.jpeg", data, "image/jpeg")}, {200}))
-    mix.append(("predict", "/predict", {"files": corpus.upload("x.png", png, "image/png")}, {200}))
-    mix.append(("explain", "/explain", {"files": corpus.upload("x.jpeg", jpegs[1], "image/jpeg")}, {200}))
-    mix.append(("explain", "/explain", {"files": corpus.upload("x.png", png, "image/png")}, {200}))
-    mix.append(("bad", "/predict", {"files": corpus.upload("x.png", b"not an image" * 10)}, {415}))
-    mix.append(("bad", "/explain", {"files": corpus.upload("x.jpeg", truncated)}, {422}))
+        mix.append(
+            (
+                "predict",
+                "/predict",
+                {"files": corpus.upload("x.jpeg", data, "image/jpeg")},
+                {200},
+            )
+        )
+    mix.append(
+        (
+            "predict",
+            "/predict",
+            {"files": corpus.upload("x.png", png, "image/png")},
+            {200},
+        )
+    )
+    mix.append(
+        (
+            "explain",
+            "/explain",
+            {"files": corpus.upload("x.jpeg", jpegs[1], "image/jpeg")},
+            {200},
+        )
+    )
+    mix.append(
+        (
+            "explain",
+            "/explain",
+            {"files": corpus.upload("x.png", png, "image/png")},
+            {200},
+        )
+    )
+    mix.append(
+        (
+            "bad",
+            "/predict",
+            {"files": corpus.upload("x.png", b"not an image" * 10)},
+            {415},
+        )
+    )
+    mix.append(
+        ("bad", "/explain", {"files": corpus.upload("x.jpeg", truncated)}, {422})
+    )
     mix.append(("bad", "/predict", {"files": corpus.upload("x.png", b"")}, {400}))
-    mix.append(("bad", "/predict", {"content": b"{}", "headers": {"content-type": "application/json"}}, {415}))
-    mix.append(("bad", "/predict", {"files": corpus.upload("x.png", corpus.png_claiming(50_000, 50_000))}, {413}))
+    mix.append(
+        (
+            "bad",
+            "/predict",
+            {"content": b"{}", "headers": {"content-type": "application/json"}},
+            {415},
+        )
+    )
+    mix.append(
+        (
+            "bad",
+            "/predict",
+            {"files": corpus.upload("x.png", corpus.png_claiming(50_000, 50_000))},
+            {413},
+        )
+    )
     return mix
 
 
-def run_load(server, sample_images, *, clients: int, seconds: float, label: str) -> dict:
+def run_load(
+    server, sample_images, *, clients: int, seconds: float, label: str
+) -> dict:
     mix = request_mix(sample_images)
     with httpx.Client(base_url=server.base_url, timeout=REQUEST_TIMEOUT_S) as warm:
         for _ in range(3):  # warm-up: every request kind, and fill the prediction cache
@@ -72,7 +128,9 @@ def run_load(server, sample_images, *, clients: int, seconds: float, label: str)
 
     def worker(seed: int) -> None:
         rng = random.Random(seed)
-        with httpx.Client(base_url=server.base_url, timeout=REQUEST_TIMEOUT_S) as client:
+        with httpx.Client(
+            base_url=server.base_url, timeout=REQUEST_TIMEOUT_S
+        ) as client:
             while time.monotonic() < deadline:
                 kind, endpoint, kwargs, allowed = rng.choice(mix)
                 started = time.perf_counter()
@@ -80,7 +138,9 @@ def run_load(server, sample_images, *, clients: int, seconds: float, label: str)
                     response = client.post(endpoint, **kwargs)
                 except httpx.HTTPError as exc:
                     with lock:
-                        failures.append(f"{kind} {endpoint}: {type(exc).__name__}: {exc}")
+                        failures.append(
+                            f"{kind} {endpoint}: {type(exc).__name__}: {exc}"
+                        )
                     continue
                 elapsed = time.perf_counter() - started
                 problem = None
@@ -98,7 +158,10 @@ def run_load(server, sample_images, *, clients: int, seconds: float, label: str)
                     elif response.status_code != 503:
                         latencies[kind].append(elapsed)
                 if response.status_code == 503:
-                    time.sleep(min(float(response.headers.get("retry-after", 1)), 1.0) * rng.random())
+                    time.sleep(
+                        min(float(response.headers.get("retry-after", 1)), 1.0)
+                        * rng.random()
+                    )
 
     threads = [threading.Thread(target=worker, args=(seed,)) for seed in range(clients)]
     started = time.monotonic()
@@ -115,7 +178,10 @@ def run_load(server, sample_images, *, clients: int, seconds: float, label: str)
         if not values:
             return {"n": 0}
         ms = np.asarray(values) * 1000
-        return {"n": len(values), **{f"p{q}_ms": round(float(np.percentile(ms, q)), 1) for q in (50, 95, 99)}}
+        return {
+            "n": len(values),
+            **{f"p{q}_ms": round(float(np.percentile(ms, q)), 1) for q in (50, 95, 99)},
+        }
 
     report = {
         "label": label,
@@ -127,7 +193,11 @@ def run_load(server, sample_images, *, clients: int, seconds: float, label: str)
         "busy_503": sum(n for key, n in statuses.items() if key.endswith(" 503")),
         "latency": {kind: percentiles(values) for kind, values in latencies.items()},
         "all": percentiles([v for values in latencies.values() for v in values]),
-        "rss_kib": {"after_warmup": rss_warm, "end": rss_end, "growth_pct": round(100 * (rss_end / rss_warm - 1), 1)},
+        "rss_kib": {
+            "after_warmup": rss_warm,
+            "end": rss_end,
+            "growth_pct": round(100 * (rss_end / rss_warm - 1), 1),
+        },
         "failures": failures[:20],
         "n_failures": len(failures),
     }
