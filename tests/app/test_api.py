@@ -206,7 +206,7 @@ def test_unexpected_errors_become_500_without_internals(make_app, sample_jpeg):
             return await client.post("/predict", files={"file": ("a", sample_jpeg)})
 
     response = run(scenario())
-    error = assert_error(response, 500, "internal_error")
+    assert_error(response, 500, "internal_error")
     assert "secret" not in response.text and "/opt" not in response.text
 
 

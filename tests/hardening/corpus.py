@@ -23,7 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pydicom
 from PIL import Image
+
+from tests.media import dicom, png_bomb, png_chunk
 
 SAMPLES = Path(__file__).resolve().parents[1] / "data" / "samples"
 BOUNDARY = "hardening-b0undary"
@@ -98,20 +101,6 @@ def png_bytes(side: int = 256) -> bytes:
     return encode(Image.fromarray(xray(side)), "PNG")
 
 
-def png_chunk(kind: bytes, data: bytes, crc: int | None = None) -> bytes:
-    crc = zlib.crc32(kind + data) & 0xFFFFFFFF if crc is None else crc
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
-
-
-def png_claiming(width: int, height: int) -> bytes:
-    """A tiny PNG whose IHDR claims width x height 8-bit gray pixels."""
-    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header) + png_chunk(b"IDAT", zlib.compress(b"\0" * 1024))
-        + png_chunk(b"IEND", b"")
-    )  # fmt: skip
-
-
 def jpeg_claiming(width: int, height: int) -> bytes:
     """A real small JPEG whose SOF0 frame header is patched to claim width x height."""
     data = bytearray(jpeg_bytes(64))
@@ -127,41 +116,17 @@ def upload(
 
 
 def dicom_bytes(*, photometric: str = "MONOCHROME2", with_pixels: bool = True) -> bytes:
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import (
-        ExplicitVRLittleEndian,
-        SecondaryCaptureImageStorage,
-        generate_uid,
-    )
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = meta.MediaStorageSOPClassUID
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.Modality = "CR"
-    ds.PatientName = "Synthetic^Hardening"
+    """A sample X-ray as a 12-bit DICOM (rescale -1024, wide window); optionally without pixel data."""
+    stored = xray(128).astype(np.uint16) * 16  # 12-bit values
+    if photometric == "MONOCHROME1":
+        stored = 4095 - stored
+    data = dicom(stored, photometric, slope=1.0, intercept=-1024.0, center=0.0, width=4000.0)
     if with_pixels:
-        stored = xray(128).astype(np.uint16) * 16  # 12-bit values
-        if photometric == "MONOCHROME1":
-            stored = 4095 - stored
-        ds.Rows, ds.Columns = stored.shape
-        ds.SamplesPerPixel = 1
-        ds.PhotometricInterpretation = photometric
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = (
-            16,
-            12,
-            11,
-            0,
-        )
-        ds.RescaleSlope, ds.RescaleIntercept = 1.0, -1024.0
-        ds.WindowCenter, ds.WindowWidth = 0.0, 4000.0
-        ds.PixelData = stored.astype("<u2").tobytes()
+        return data
+    dataset = pydicom.dcmread(io.BytesIO(data))
+    del dataset.PixelData
     buffer = io.BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
+    dataset.save_as(buffer, enforce_file_format=True)
     return buffer.getvalue()
 
 
@@ -434,7 +399,7 @@ def png_50k() -> Case:
     return Case(
         "PNG claiming 50000x50000",
         TOO_MANY_PIXELS,
-        files=upload("x.png", png_claiming(50_000, 50_000)),
+        files=upload("x.png", png_bomb(50_000, 50_000)),
     )
 
 

@@ -12,7 +12,7 @@ from PIL import Image
 
 from app.bundle import RESEARCH_DISCLAIMER
 from conftest import copy_bundle
-from xray_media import dicom, gray_of, png, png_bomb, png_variants
+from tests.media import dicom, gray_of, png, png_bomb, png_variants
 
 UPLOAD_LIMIT = 3 * 1024 * 1024
 SECRET_NAME = "PATIENT-DOE-JOHN-19700101-secret.jpeg"  # must never reach the logs

@@ -1,4 +1,6 @@
-"""Test images built on the fly: PNG variants, DICOM (MONOCHROME1/2), a decompression-bomb header."""
+"""Test images built on the fly: PNG variants, DICOM (MONOCHROME1/2), a decompression-bomb header.
+
+Shared by tests/integration and tests/hardening (`from tests.media import ...`)."""
 
 from __future__ import annotations
 
@@ -62,11 +64,13 @@ def dicom(stored: np.ndarray, photometric: str, *, slope: float, intercept: floa
     return buffer.getvalue()
 
 
+def png_chunk(kind: bytes, data: bytes, crc: int | None = None) -> bytes:
+    """A PNG chunk; pass `crc` to write a wrong checksum on purpose."""
+    crc = zlib.crc32(kind + data) & 0xFFFFFFFF if crc is None else crc
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+
 def png_bomb(width: int = 50_000, height: int = 50_000) -> bytes:
     """A tiny PNG whose header claims width x height 8-bit gray pixels."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 1024)) + chunk(b"IEND", b"")
+    return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header) + png_chunk(b"IDAT", zlib.compress(b"\0" * 1024)) + png_chunk(b"IEND", b"")
