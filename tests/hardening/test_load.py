@@ -2,7 +2,7 @@
 
 Allowed outcomes: 200 for good uploads, the intended 4xx for bad ones, and 503 back-pressure that carries
 Retry-After. Anything else (5xx, wrong status, a timeout, a dropped connection) fails the test. Latency
-percentiles and counts are printed and written to bench/results/load.json. The server's RSS after warm-up vs
+percentiles and counts are printed (and, for the full run, written to bench/results/load.json). The server's RSS after warm-up vs
 at the end must stay within +10% (the prediction cache is kept small and filled during warm-up, so its
 bounded growth is not mistaken for a leak).
 
@@ -101,7 +101,7 @@ def request_mix(sample_images) -> list[tuple[str, str, dict, set[int]]]:
         (
             "bad",
             "/predict",
-            {"files": corpus.upload("x.png", corpus.png_claiming(50_000, 50_000))},
+            {"files": corpus.upload("x.png", corpus.png_bomb(50_000, 50_000))},
             {413},
         )
     )
@@ -110,7 +110,7 @@ def request_mix(sample_images) -> list[tuple[str, str, dict, set[int]]]:
 
 def run_load(
     server, sample_images, *, clients: int, seconds: float, label: str
-) -> dict:
+) -> None:
     mix = request_mix(sample_images)
     with httpx.Client(base_url=server.base_url, timeout=REQUEST_TIMEOUT_S) as warm:
         for _ in range(3):  # warm-up: every request kind, and fill the prediction cache
@@ -201,9 +201,10 @@ def run_load(
         "failures": failures[:20],
         "n_failures": len(failures),
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    previous = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
-    RESULTS.write_text(json.dumps({**previous, label: report}, indent=2) + "\n")
+    if label == "full":  # the default run's short test must not rewrite a tracked file
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        previous = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+        RESULTS.write_text(json.dumps({**previous, label: report}, indent=2) + "\n")
     print(f"\nload test ({label}):\n{json.dumps(report, indent=2)}")
 
     assert not any(thread.is_alive() for thread in threads), "a client hung"
@@ -211,7 +212,6 @@ def run_load(
     assert ready == 200
     assert all(latencies[kind] for kind in latencies), report["statuses"]
     assert rss_end <= rss_warm * 1.10, report["rss_kib"]
-    return report
 
 
 def test_load_short(server, sample_images):
@@ -220,5 +220,4 @@ def test_load_short(server, sample_images):
 
 @pytest.mark.slow
 def test_load_full(server, sample_images):
-    report = run_load(server, sample_images, clients=32, seconds=60, label="full")
-    assert report["busy_503"] > 0 or report["all"]["n"] > 0
+    run_load(server, sample_images, clients=32, seconds=60, label="full")
