@@ -151,13 +151,20 @@ def fit_backbone(
         ]
     start_epoch = 0
     for phase, until_epoch, learning_rate, trainable_top in phases:
+        phase_done = model_dir / f"phase_{phase}.done"
+        if phase_done.is_file():  # resuming after this phase finished: go on from its best checkpoint
+            model = keras.models.load_model(model_dir / BEST_CHECKPOINT, compile=False)
+            start_epoch = until_epoch
+            continue
         if trainable_top is not None:
             freeze_backbone(model, trainable_top_layers=trainable_top)
         _compile(model, learning_rate)
+        best_so_far = max((row["val_auc"] for row in _read_history(model_dir / HISTORY_CSV) if "val_auc" in row), default=None)
         callbacks = [
             keras.callbacks.BackupAndRestore(str(model_dir / f"backup_{phase}")),
-            keras.callbacks.ModelCheckpoint(
-                str(model_dir / BEST_CHECKPOINT), monitor="val_auc", mode="max", save_best_only=True
+            keras.callbacks.ModelCheckpoint(  # a later phase must beat the earlier phases' best to overwrite it
+                str(model_dir / BEST_CHECKPOINT), monitor="val_auc", mode="max", save_best_only=True,
+                initial_value_threshold=best_so_far,
             ),
             keras.callbacks.EarlyStopping(monitor="val_auc", mode="max", patience=config.patience),
             keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.3, patience=2, min_lr=1e-6),
@@ -177,9 +184,10 @@ def fit_backbone(
                 shuffle=False,  # the tf.data pipeline shuffles
             )
         spent_file.write_text(f"{clock.elapsed_s():.1f}")
+        phase_done.touch()
         start_epoch = until_epoch
-        if (model_dir / BEST_CHECKPOINT).is_file() and phase == "head":
-            model = keras.models.load_model(model_dir / BEST_CHECKPOINT)
+        if phase == "head" and (model_dir / BEST_CHECKPOINT).is_file():
+            model = keras.models.load_model(model_dir / BEST_CHECKPOINT, compile=False)
 
     history = _read_history(model_dir / HISTORY_CSV)
     best = max(history, key=lambda row: row.get("val_auc", float("-inf"))) if history else {}
