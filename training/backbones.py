@@ -35,7 +35,7 @@ def _torch_normalisation() -> layers.Layer:
     # (x/255 - mean) / std per channel, as keras.applications.densenet.preprocess_input does.
     return layers.Rescaling(
         scale=[1.0 / (255.0 * s) for s in IMAGENET_STD],
-        offset=[-m / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD)],
+        offset=[-m / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD, strict=True)],
         name="preprocess_torch",
     )
 

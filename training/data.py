@@ -109,7 +109,7 @@ def patient_split(samples: list[Sample], val_fraction: float, seed: int) -> tupl
     if not 0.0 < val_fraction < 1.0:
         raise DatasetError(f"val fraction must be between 0 and 1, got {val_fraction}")
     groups: dict[str, list[Sample]] = {}
-    for sample, group in zip(samples, _content_groups(samples)):
+    for sample, group in zip(samples, _content_groups(samples), strict=True):
         groups.setdefault(group, []).append(sample)
     rng = random.Random(seed)
     val_groups: set[str] = set()

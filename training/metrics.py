@@ -19,8 +19,6 @@ from sklearn.metrics import (
 
 from app.bundle import Estimate, OperatingPoint, SplitMetrics
 
-THRESHOLD_METRICS = ("accuracy", "precision", "sensitivity", "specificity", "f1")
-RANKING_METRICS = ("roc_auc", "pr_auc", "brier", "ece")
 TARGET_SENSITIVITY = 0.95
 _EPS = 1e-7
 

@@ -39,7 +39,7 @@ def test_local_weights_file_is_loaded_into_the_flat_model(tmp_path):
     reference.save_weights(path)
     model = build_classifier(backbone, 32, weights=str(path))
     for layer_name in ("Conv1", "block_16_project", "Conv_1_bn"):
-        for loaded, expected in zip(model.get_layer(layer_name).get_weights(), reference.get_layer(layer_name).get_weights()):
+        for loaded, expected in zip(model.get_layer(layer_name).get_weights(), reference.get_layer(layer_name).get_weights(), strict=True):
             np.testing.assert_array_equal(loaded, expected)
 
 
