@@ -98,3 +98,25 @@ def test_publish_copies_evidence_but_no_checkpoints(tiny_run, tmp_path):
     names = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
     assert {"config.json", "split.csv", "comparison.md", "models/mobilenetv2/evaluation.json", "models/mobilenetv2/roc_pr.png"} <= names
     assert not any(n.endswith((".keras", ".npz")) for n in names)
+
+
+def test_a_test_split_is_reported_but_changes_no_choice(tiny_run, tiny_dataset, tmp_path):
+    """Invariant: no threshold, calibration or model choice reads the test split."""
+    import shutil
+
+    run = shutil.copytree(tiny_run, tmp_path / "run")
+    data = shutil.copytree(tiny_dataset, tmp_path / "data")
+    for label, other in (("NORMAL", "PNEUMONIA"), ("PNEUMONIA", "NORMAL")):  # deliberately mislabelled
+        (data / "test" / label).mkdir(parents=True)
+        for path in sorted((tiny_dataset / "train" / other).glob("*.jpeg"))[:6]:
+            shutil.copy(path, data / "test" / label / path.name)
+    before = {name: json.loads((run / "models" / name / "evaluation.json").read_text()) for name in ("mobilenetv2", "efficientnetb0")}
+
+    assert main(["evaluate", "--run", str(run), "--data", str(data)]) == 0
+    for name, old in before.items():
+        new = json.loads((run / "models" / name / "evaluation.json").read_text())
+        assert new["operating_points"] == old["operating_points"]
+        assert new["calibration"] == old["calibration"]
+        assert new["test"]["n_images"] == 12
+        assert new["test"]["threshold"] == old["validation"]["threshold"]
+    assert json.loads((run / "comparison.json").read_text())["best"] == json.loads((tiny_run / "comparison.json").read_text())["best"]
