@@ -117,21 +117,28 @@ class ModelService:
     def explain_available(self) -> bool:
         return self.gradcam is not None
 
+    def _require_explanations(self) -> None:
+        if self.gradcam is None:
+            raise ExplainUnavailableError(self.explain_unavailable_reason or "Grad-CAM is not available.")
+
     # --- synchronous work (runs in worker threads) ---------------------------------------------------------
-    def _predict_image(self, image: DecodedImage) -> float:
+    def _model_input(self, image: DecodedImage) -> np.ndarray:
+        return to_model_input(image, self.metadata.input_size)[None]  # (1, H, W, 3) float32 0..255
+
+    def _predict(self, batch: np.ndarray) -> float:
         started = time.perf_counter()
-        batch = to_model_input(image, self.metadata.input_size)[None]
         probability = float(self.classifier.predict(batch)[0])
         self._observe("predict", time.perf_counter() - started)
         return probability
 
-    def _heatmap_png(self, image: DecodedImage) -> bytes:
+    def predict_image(self, image: DecodedImage) -> float:
+        """P(pneumonia) for a decoded image, exactly as POST /predict computes it."""
+        return self._predict(self._model_input(image))
+
+    def _heatmap_png(self, image: DecodedImage, batch: np.ndarray) -> bytes:
         from app.gradcam import encode_png, overlay
 
-        if self.gradcam is None:
-            raise ExplainUnavailableError(self.explain_unavailable_reason or "Grad-CAM is not available.")
         started = time.perf_counter()
-        batch = to_model_input(image, self.metadata.input_size)[None]
         heatmap = self.gradcam.heatmap(batch)[0]
         png = encode_png(overlay(image.pixels, heatmap))
         self._observe("explain", time.perf_counter() - started)
@@ -139,13 +146,17 @@ class ModelService:
 
     def _analyse_sync(self, data: bytes, explain: bool) -> tuple[DecodedImage, float, bytes | None]:
         image = decode_image(data, max_pixels=self.settings.max_pixels)
-        probability = self._predict_image(image)
-        return image, probability, (self._heatmap_png(image) if explain else None)
+        batch = self._model_input(image)  # once, shared by the prediction and the heatmap
+        probability = self._predict(batch)
+        return image, probability, (self._heatmap_png(image, batch) if explain else None)
+
+    def _explain_image_sync(self, image: DecodedImage) -> bytes:
+        return self._heatmap_png(image, self._model_input(image))
 
     # --- async API used by the routes ----------------------------------------------------------------------
     async def analyse(self, data: bytes, *, explain: bool = False) -> Analysis:
-        if explain and self.gradcam is None:
-            raise ExplainUnavailableError(self.explain_unavailable_reason or "Grad-CAM is not available.")
+        if explain:
+            self._require_explanations()
         async with self.limiter.slot():
             image, probability, png = await to_thread.run_sync(self._analyse_sync, data, explain)
         prediction_id = new_prediction_id()
@@ -153,13 +164,12 @@ class ModelService:
         return Analysis(prediction_id=prediction_id, image=image, probability=probability, heatmap_png=png)
 
     async def explain_cached(self, prediction_id: str) -> Analysis | None:
-        if self.gradcam is None:
-            raise ExplainUnavailableError(self.explain_unavailable_reason or "Grad-CAM is not available.")
+        self._require_explanations()
         entry = self.cache.get(prediction_id)
         if entry is None:
             return None
         async with self.limiter.slot():
-            png = await to_thread.run_sync(self._heatmap_png, entry.image)
+            png = await to_thread.run_sync(self._explain_image_sync, entry.image)
         return Analysis(prediction_id=prediction_id, image=entry.image, probability=entry.probability, heatmap_png=png)
 
 

@@ -34,6 +34,6 @@ def test_shipped_bundle_labels_the_committed_samples_as_their_folders_say(shippe
     threshold = shipped_service.metadata.operating_point().threshold
     for label, paths in sample_images.items():
         for path in paths:
-            probability = shipped_service._predict_image(decode_image(path.read_bytes()))
+            probability = shipped_service.predict_image(decode_image(path.read_bytes()))
             predicted = "PNEUMONIA" if probability >= threshold else "NORMAL"
             assert predicted == label, f"{path.name}: p={probability:.3f}, threshold {threshold:.3f}"

@@ -125,10 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     try:
         code = args.func(args)
-    except (UsageError, ConfigError, DatasetError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except _domain_errors() as exc:
+    except (UsageError, ConfigError, DatasetError, *_domain_errors()) as exc:  # the user's to fix: no traceback
         print(f"error: {exc}", file=sys.stderr)
         return 2
     log.info("%s finished in %.1f s", args.command, time.monotonic() - started)
@@ -136,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _domain_errors() -> tuple[type[Exception], ...]:
+    # Imported only once an error is on its way: these modules pull in TensorFlow.
     from app.bundle import BundleError
     from training.backbones import WeightsError
     from training.export import ExportError

@@ -23,16 +23,21 @@ TARGET_SENSITIVITY = 0.95
 _EPS = 1e-7
 
 
+def reliability_curve(y: np.ndarray, p: np.ndarray, bins: int = 15) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per non-empty equal-width bin of P(positive): mean prediction, observed positive rate, count."""
+    y, p = np.asarray(y, dtype=float), np.asarray(p, dtype=float)
+    index = np.clip(np.digitize(p, np.linspace(0.0, 1.0, bins + 1)[1:-1]), 0, bins - 1)
+    present = np.unique(index)
+    confidence = np.array([p[index == b].mean() for b in present])
+    observed = np.array([y[index == b].mean() for b in present])
+    counts = np.array([(index == b).sum() for b in present])
+    return confidence, observed, counts
+
+
 def expected_calibration_error(y: np.ndarray, p: np.ndarray, bins: int = 15) -> float:
-    """Weighted mean |accuracy - confidence| over equal-width probability bins of P(positive)."""
-    edges = np.linspace(0.0, 1.0, bins + 1)
-    index = np.clip(np.digitize(p, edges[1:-1]), 0, bins - 1)
-    error = 0.0
-    for b in range(bins):
-        members = index == b
-        if members.any():
-            error += members.mean() * abs(y[members].mean() - p[members].mean())
-    return float(error)
+    """Weighted mean |observed rate - mean prediction| over the bins of `reliability_curve`."""
+    confidence, observed, counts = reliability_curve(y, p, bins)
+    return float(np.sum(counts * np.abs(observed - confidence)) / counts.sum())
 
 
 def confusion(y: np.ndarray, p: np.ndarray, threshold: float) -> np.ndarray:

@@ -14,6 +14,7 @@ import numpy as np  # noqa: E402
 from sklearn.metrics import precision_recall_curve, roc_curve  # noqa: E402
 
 from training.fit import HISTORY_CSV  # noqa: E402
+from training.metrics import reliability_curve  # noqa: E402
 
 COMPARISON_COLUMNS = (
     ("backbone", "Backbone"),
@@ -104,16 +105,6 @@ def _history(model_dir: Path) -> dict[str, list[float]]:
     return {key: [float(r[key]) for r in rows if r.get(key)] for key in (rows[0].keys() if rows else [])}
 
 
-def reliability_curve(y: np.ndarray, p: np.ndarray, bins: int = 10) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    edges = np.linspace(0, 1, bins + 1)
-    index = np.clip(np.digitize(p, edges[1:-1]), 0, bins - 1)
-    present = [b for b in range(bins) if (index == b).any()]
-    confidence = np.array([p[index == b].mean() for b in present])
-    observed = np.array([y[index == b].mean() for b in present])
-    counts = np.array([(index == b).sum() for b in present])
-    return confidence, observed, counts
-
-
 def plot_model(model_dir: Path, evaluation: dict, arrays: dict[str, np.ndarray]) -> None:
     """confusion.png, roc_pr.png, reliability.png and training_curves.png for one model (validation)."""
     y, p = arrays["val_y"], arrays["val_p"]
@@ -152,7 +143,7 @@ def plot_model(model_dir: Path, evaluation: dict, arrays: dict[str, np.ndarray])
 
     fig, ax = plt.subplots(figsize=(4.5, 4))
     for key, label in (("val_p_uncalibrated", "uncalibrated"), ("val_p", f"calibrated ({evaluation['calibration']['method']})")):
-        confidence, observed, _ = reliability_curve(y, arrays[key])
+        confidence, observed, _ = reliability_curve(y, arrays[key], bins=10)
         ax.plot(confidence, observed, marker="o", label=label)
     ax.plot([0, 1], [0, 1], "k:", linewidth=0.8)
     ax.set(xlabel="predicted P(pneumonia)", ylabel="observed fraction pneumonia", title=f"{name}: reliability (validation)")
