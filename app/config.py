@@ -9,6 +9,8 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from app.bundle import PARITY_TOLERANCE
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MiB = 1024 * 1024
 
@@ -27,7 +29,7 @@ class Settings(BaseSettings):
     cache_ttl_s: float = Field(default=600.0, gt=0)
     cache_max_bytes: int = Field(default=512 * MiB, gt=0, description="Memory bound of the prediction cache.")
     explain_enabled: bool = True
-    self_test_tolerance: float = Field(default=1e-4, gt=0)
+    self_test_tolerance: float = Field(default=PARITY_TOLERANCE, gt=0)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
 
 

@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+from app.bundle import PARITY_TOLERANCE
 from training.config import ConfigError, load_config
 from training.data import DatasetError
 from training.run import CONFIG_FILE
@@ -64,12 +65,29 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be greater than 0")
+    return value
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from training import export
 
     run_dir = Path(args.run)
     _setup_logging(None)
-    bundle = export.export_bundle(run_dir, Path(args.out), model_name=args.model, operating_point=args.operating_point)
+    bundle = export.export_bundle(
+        run_dir,
+        Path(args.out),
+        model_name=args.model,
+        operating_point=args.operating_point,
+        parity_tolerance=args.parity_tolerance,
+    )
     print(f"bundle written to {bundle}")
     return 0
 
@@ -110,6 +128,12 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", required=True, help="bundle directory to write")
     export.add_argument("--model", help="backbone to export (default: best validation ROC-AUC of the run)")
     export.add_argument("--operating-point", help="default operating point (default: the run's configuration)")
+    export.add_argument(
+        "--parity-tolerance",
+        type=_positive_float,
+        default=PARITY_TOLERANCE,
+        help=f"largest accepted |P_onnx - P_keras| on validation images (default: {PARITY_TOLERANCE:g})",
+    )
     export.set_defaults(func=cmd_export)
 
     publish = sub.add_parser("publish", help="copy a run's evidence (config, split, logs, metrics, plots) for committing")

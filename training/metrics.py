@@ -1,7 +1,7 @@
-"""Metrics, bootstrap intervals, named operating points and temperature calibration.
+"""Metrics, bootstrap intervals, named operating points and Platt calibration.
 
 Every threshold here is chosen on validation predictions only; callers never pass test data to
-`operating_points` or `fit_temperature`.
+`operating_points` or `fit_platt`.
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from app.bundle import PARITY_TOLERANCE
 from app.gradcam import JET, encode_png, overlay
 from app.imaging import to_model_input
 from app.service import probe_image
@@ -75,7 +76,7 @@ def test_gradcam_logits_match_the_keras_logit_layer(loaded_service):
     batch = to_model_input(probe_image(), size)[None]
     _, logits = loaded_service.gradcam.heatmap_and_logits(batch)
     probability = loaded_service.classifier.predict(batch)[0]
-    assert 1.0 / (1.0 + np.exp(-logits[0])) == pytest.approx(probability, abs=1e-4)
+    assert 1.0 / (1.0 + np.exp(-logits[0])) == pytest.approx(probability, abs=PARITY_TOLERANCE)
 
 
 def test_gradcam_rejects_wrong_input_shape(loaded_service):

@@ -9,7 +9,15 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from app.bundle import KERAS_FILENAME, MODEL_CARD_FILENAME, ONNX_FILENAME, RESEARCH_DISCLAIMER, read_metadata, verify_file
+from app.bundle import (
+    KERAS_FILENAME,
+    MODEL_CARD_FILENAME,
+    ONNX_FILENAME,
+    PARITY_TOLERANCE,
+    RESEARCH_DISCLAIMER,
+    read_metadata,
+    verify_file,
+)
 from app.imaging import decode_image, to_model_input
 from training.cli import main
 
@@ -66,7 +74,7 @@ def test_bundle_onnx_matches_keras_on_sample_images(tiny_bundle, sample_images):
     session = ort.InferenceSession(str(tiny_bundle / ONNX_FILENAME), providers=["CPUExecutionProvider"])
     onnx_p = session.run(None, {metadata.onnx_input_name: batch})[0].reshape(-1)
     keras_p = np.asarray(keras.models.load_model(tiny_bundle / KERAS_FILENAME)(batch)).reshape(-1)
-    np.testing.assert_allclose(onnx_p, keras_p, atol=1e-4)
+    np.testing.assert_allclose(onnx_p, keras_p, atol=PARITY_TOLERANCE)
 
 
 def test_export_of_unevaluated_run_fails_cleanly(tmp_path, capsys):
@@ -81,6 +89,31 @@ def test_export_refuses_unknown_operating_point_and_keeps_old_bundle(tiny_run, t
     code = main(["export", "--run", str(tiny_run), "--out", str(tiny_bundle), "--operating-point", "nonsense"])
     assert code == 2 and "unknown operating point" in capsys.readouterr().err
     assert sorted(p.name for p in tiny_bundle.iterdir()) == before
+
+
+def test_export_refuses_a_drifting_conversion_and_keeps_old_bundle(tiny_run, tiny_bundle, monkeypatch, capsys):
+    """An ONNX graph that answers differently from the Keras model must never replace a working bundle."""
+    import keras
+
+    from training import export
+    from training.backbones import LOGIT_LAYER
+
+    convert = export.convert_to_onnx
+
+    def convert_a_shifted_model(model, image_size, path):  # a conversion fault: the logit moved by +1
+        drifted = keras.models.clone_model(model)
+        drifted.set_weights(model.get_weights())
+        kernel, bias = drifted.get_layer(LOGIT_LAYER).get_weights()
+        drifted.get_layer(LOGIT_LAYER).set_weights([kernel, bias + 1.0])
+        return convert(drifted, image_size, path)
+
+    monkeypatch.setattr(export, "convert_to_onnx", convert_a_shifted_model)
+    before = {p.name: p.read_bytes() for p in tiny_bundle.iterdir()}
+    assert main(["export", "--run", str(tiny_run), "--out", str(tiny_bundle)]) == 2
+    error = capsys.readouterr().err
+    assert "ONNX and Keras disagree" in error and "--parity-tolerance" in error
+    assert {p.name: p.read_bytes() for p in tiny_bundle.iterdir()} == before
+    assert not tiny_bundle.with_name(tiny_bundle.name + ".partial").exists()
 
 
 def test_export_with_another_default_point(tiny_run, tmp_path):
