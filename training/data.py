@@ -156,21 +156,26 @@ def load_splits(data_dir: Path, *, val_fraction: float, seed: int) -> DatasetSpl
     return DatasetSplits(train=train, val=val, test=test, split_method=method)
 
 
-def write_split(path: Path, splits: DatasetSplits) -> None:
+def write_split(path: Path, splits: DatasetSplits, data_dir: Path) -> None:
+    """Paths relative to the dataset root: a recorded split stays valid where the dataset lives elsewhere."""
+    root = Path(data_dir).resolve()
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["subset", "label", "patient", "path"])
         for subset, samples in (("train", splits.train), ("val", splits.val), ("test", splits.test)):
             for s in samples:
-                writer.writerow([subset, CLASS_NAMES[s.label], s.patient, str(s.path)])
+                absolute = s.path.resolve()
+                recorded = absolute.relative_to(root) if absolute.is_relative_to(root) else absolute
+                writer.writerow([subset, CLASS_NAMES[s.label], s.patient, recorded.as_posix()])
 
 
-def read_split(path: Path) -> dict[str, list[Sample]]:
+def read_split(path: Path, data_dir: Path) -> dict[str, list[Sample]]:
+    """The recorded split, relative paths resolved against `data_dir` (absolute ones are kept)."""
     subsets: dict[str, list[Sample]] = {"train": [], "val": [], "test": []}
     with path.open(newline="") as handle:
         for row in csv.DictReader(handle):
             subsets[row["subset"]].append(
-                Sample(path=Path(row["path"]), label=CLASS_NAMES.index(row["label"]), patient=row["patient"])
+                Sample(path=Path(data_dir) / row["path"], label=CLASS_NAMES.index(row["label"]), patient=row["patient"])
             )
     return subsets
 

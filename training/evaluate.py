@@ -27,7 +27,7 @@ from training.metrics import (
     operating_points,
     split_metrics,
 )
-from training.run import decode_subset, model_dirs, read_config, read_data_summary, read_split, SPLIT_FILE
+from training.run import decode_subset, model_dirs, read_config, read_data_summary, read_run_split
 from training.stress import perturbed_predictions, stress_report
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ def _test_samples(run_dir: Path, data_dir: Path | None) -> list:
     if data_dir is not None:
         test_dir = find_split_dir(Path(data_dir), "test")
         return scan_split(test_dir) if test_dir is not None else []
-    return read_split(run_dir / SPLIT_FILE)["test"]
+    return read_run_split(run_dir)["test"]
 
 
 class CalibratedPredictor:
@@ -98,7 +98,7 @@ def evaluate_model(model_dir: Path, val: DecodedSet, test: DecodedSet | None, co
 def evaluate_models(run_dir: Path, data_dir: Path | None) -> dict:
     config = read_config(run_dir)
     summary = read_data_summary(run_dir)
-    subsets = read_split(run_dir / SPLIT_FILE)
+    subsets = read_run_split(run_dir, data_dir)
     val = decode_subset(subsets["val"], config, "val")
     test_samples = _test_samples(run_dir, data_dir)
     test = decode_subset(test_samples, config, "test") if test_samples else None

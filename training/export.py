@@ -35,7 +35,7 @@ from training.data import decode_samples
 from training.evaluate import EVALUATION_FILE, PREDICTIONS_FILE
 from training.fit import BEST_CHECKPOINT
 from training.metrics import split_metrics
-from training.run import MODELS_DIR, SPLIT_FILE, read_config, read_data_summary, read_split
+from training.run import MODELS_DIR, read_config, read_data_summary, read_run_split
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +149,7 @@ def export_bundle(
         model.save(staging / KERAS_FILENAME)
         input_name, output_name = convert_to_onnx(model, config.image_size, staging / ONNX_FILENAME)
 
-        val_samples = read_split(run_dir / SPLIT_FILE)["val"][:PARITY_IMAGES]
+        val_samples = read_run_split(run_dir)["val"][:PARITY_IMAGES]
         probe = decode_samples(val_samples, (config.image_size, config.image_size), desc="parity")
         difference = parity_check(staging / ONNX_FILENAME, model, probe.images, parity_tolerance)
         log.info("ONNX/Keras parity on %d validation images: max |dp| = %.2e", len(probe.labels), difference)

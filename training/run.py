@@ -47,9 +47,9 @@ def prepare_split(data_dir: Path, run_dir: Path, config: TrainConfig) -> dict[st
     """Create (or, when resuming, re-read) the run's recorded split."""
     split_path = run_dir / SPLIT_FILE
     if split_path.is_file():
-        return read_split(split_path)
+        return read_split(split_path, data_dir)
     splits: DatasetSplits = load_splits(data_dir, val_fraction=config.val_fraction, seed=config.seed)
-    write_split(split_path, splits)
+    write_split(split_path, splits, data_dir)
     patients = {name: len({s.patient for s in getattr(splits, name)}) for name in ("train", "val", "test")}
     summary = {
         "data_dir": str(Path(data_dir).resolve()),
@@ -61,6 +61,11 @@ def prepare_split(data_dir: Path, run_dir: Path, config: TrainConfig) -> dict[st
     (run_dir / DATA_FILE).write_text(json.dumps(summary, indent=2))
     log.info("split: %s; images %s; patients %s", splits.split_method, summary["counts"], patients)
     return {"train": splits.train, "val": splits.val, "test": splits.test}
+
+
+def read_run_split(run_dir: Path, data_dir: Path | None = None) -> dict[str, list]:
+    """The run's recorded split, on the dataset at `data_dir` (default: where the run was trained)."""
+    return read_split(run_dir / SPLIT_FILE, Path(data_dir or read_data_summary(run_dir)["data_dir"]))
 
 
 def decode_subset(samples: list, config: TrainConfig, name: str) -> DecodedSet:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -34,6 +35,22 @@ def test_run_records_config_split_and_models(tiny_run):
         model_dir = tiny_run / "models" / backbone
         for name in ("best.keras", "history.csv", "evaluation.json", "confusion.png", "roc_pr.png", "reliability.png", "training_curves.png"):
             assert (model_dir / name).is_file(), f"{backbone}/{name} missing"
+
+
+def test_recorded_split_follows_a_moved_dataset(tiny_run, tiny_dataset, tmp_path):
+    """split.csv holds paths relative to the dataset root, so a published split is reusable elsewhere."""
+    import shutil
+
+    from training.run import read_run_split
+
+    with (tiny_run / "split.csv").open() as handle:
+        recorded = [row["path"] for row in csv.DictReader(handle)]
+    assert recorded and not any(Path(p).is_absolute() or ".." in Path(p).parts for p in recorded)
+    moved = shutil.copytree(tiny_dataset, tmp_path / "elsewhere")
+    subsets = read_run_split(tiny_run, moved)
+    paths = [s.path for samples in subsets.values() for s in samples]
+    assert len(paths) == len(recorded) and all(p.is_file() and p.is_relative_to(moved) for p in paths)
+    assert {s.path for s in read_run_split(tiny_run)["val"]} == {tiny_dataset / s.path.relative_to(moved) for s in subsets["val"]}
 
 
 def test_comparison_ranks_by_validation_auc(tiny_run):
