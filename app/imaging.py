@@ -23,9 +23,22 @@ DICOM_MAGIC = b"DICM"
 DEFAULT_MAX_PIXELS = 50_000_000
 MIN_SIDE = 32
 MAX_ASPECT_RATIO = 8.0
-PIL_FORMATS = frozenset({"JPEG", "PNG"})
+# Pillow is only ever asked to parse these: the header parsers of its ~40 other format plugins (where most
+# of its advisories live: PSD, FITS, McIdas, ...) are never reached by an upload.
+PIL_FORMATS = ("JPEG", "PNG")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 JPEG_MAGIC = b"\xff\xd8\xff"
+# Formats refused by their signature alone, so the error can name them without parsing them.
+_REFUSED_SIGNATURES = (
+    (b"GIF87a", "GIF"),
+    (b"GIF89a", "GIF"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+    (b"BM", "BMP"),
+    (b"8BPS", "PSD"),
+    (b"\x00\x00\x00\x0cjP  ", "JPEG 2000"),
+    (b"\xff\x4f\xff\x51", "JPEG 2000"),
+)
 # What Pillow and pydicom raise for damaged or hostile files (beyond their own error types).
 _DECODER_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, KeyError, struct.error, zlib.error)
 
@@ -148,29 +161,31 @@ def _check_png_crcs(data: bytes) -> None:
         pos = end
 
 
+def _refused_format_name(data: bytes) -> str | None:
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WebP"
+    return next((name for signature, name in _REFUSED_SIGNATURES if data.startswith(signature)), None)
+
+
 def _decode_pillow(data: bytes, max_pixels: int) -> DecodedImage:
     if data.startswith(PNG_MAGIC):
         _check_png_crcs(data)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
+            image = Image.open(io.BytesIO(data), formats=PIL_FORMATS)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageTooLargeError(f"The image declares too many pixels: {exc}") from exc
     except UnidentifiedImageError as exc:
         if data.startswith((PNG_MAGIC, JPEG_MAGIC)):
             kind = "PNG" if data.startswith(PNG_MAGIC) else "JPEG"
             raise CorruptImageError(f"The {kind} file is damaged: its header cannot be read.") from exc
-        raise UnsupportedFormatError(
-            "The file is not a recognised image. Upload a JPEG, PNG or DICOM chest X-ray."
-        ) from exc
+        name = _refused_format_name(data)
+        reason = f"{name} images are not supported." if name else "The file is not a recognised image."
+        raise UnsupportedFormatError(f"{reason} Upload a JPEG, PNG or DICOM chest X-ray.") from exc
     except _DECODER_ERRORS as exc:  # e.g. truncated header chunks, oversized PNG text chunks
         raise CorruptImageError(f"The image file is damaged or truncated ({_short(exc)}).") from exc
     with image:
-        if image.format not in PIL_FORMATS:
-            raise UnsupportedFormatError(
-                f"{image.format} images are not supported. Upload a JPEG, PNG or DICOM chest X-ray."
-            )
         _check_dimensions(image.width, image.height, max_pixels)
         source_format = str(image.format)  # exif_transpose returns a copy whose .format is None
         notes: list[str] = []

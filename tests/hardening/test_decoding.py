@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app.imaging import CorruptImageError, ImageTooLargeError, decode_image
+from app.imaging import CorruptImageError, ImageTooLargeError, UnsupportedFormatError, decode_image
 
 
 def test_exif_orientation_is_applied():
@@ -71,3 +71,25 @@ def test_multiframe_dicom_uses_the_first_frame_and_counts_all_frames():
         decode_image(
             _multiframe_dicom(3), max_pixels=64 * 64 * 2
         )  # each frame fits, the three do not
+
+
+@pytest.mark.parametrize(
+    ("pillow_format", "plugin", "named"),
+    [("TIFF", "TiffImagePlugin.TiffImageFile", "TIFF"), ("PCX", "PcxImagePlugin.PcxImageFile", None)],
+)
+def test_only_the_jpeg_and_png_parsers_see_an_upload(monkeypatch, pillow_format, plugin, named):
+    """Other Pillow plugins (where most of its advisories live) never parse upload bytes."""
+    import importlib
+
+    module_name, class_name = plugin.split(".")
+    plugin_class = getattr(importlib.import_module(f"PIL.{module_name}"), class_name)
+
+    def must_not_run(self):
+        raise AssertionError(f"Pillow's {pillow_format} parser ran on an upload")
+
+    buffer = io.BytesIO()
+    Image.new("L", (64, 64), 128).save(buffer, pillow_format)
+    monkeypatch.setattr(plugin_class, "_open", must_not_run)
+    with pytest.raises(UnsupportedFormatError) as refused:
+        decode_image(buffer.getvalue())
+    assert (named or "not a recognised image") in str(refused.value)
