@@ -23,6 +23,10 @@ class Settings(BaseSettings):
     max_pixels: int = Field(default=50_000_000, gt=0, description="Largest accepted decoded image (w*h).")
     onnx_intra_op_threads: int = Field(default=1, ge=0)
     onnx_inter_op_threads: int = Field(default=1, ge=0)
+    # Grad-CAM runs in TensorFlow, which by default sizes its pools to every core of the host, beside ONNX
+    # Runtime's. 0 keeps TensorFlow's default.
+    tf_intra_op_threads: int = Field(default=0, ge=0)
+    tf_inter_op_threads: int = Field(default=0, ge=0)
     max_concurrency: int = Field(default=4, gt=0, description="Requests decoding/inferring at once.")
     max_queue: int = Field(default=16, ge=0, description="Requests allowed to wait; beyond that: 503.")
     cache_size: int = Field(default=256, ge=0, description="Recent predictions kept for GET /explain/{id}.")

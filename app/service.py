@@ -174,6 +174,21 @@ class ModelService:
 
 
 # --- loading -------------------------------------------------------------------------------------------------
+def limit_tensorflow_threads(intra_op: int, inter_op: int) -> None:
+    """Size TensorFlow's thread pools (0: its default). Possible only before TensorFlow runs its first op."""
+    if not (intra_op or inter_op):
+        return
+    import tensorflow as tf
+
+    try:
+        if intra_op:
+            tf.config.threading.set_intra_op_parallelism_threads(intra_op)
+        if inter_op:
+            tf.config.threading.set_inter_op_parallelism_threads(inter_op)
+    except RuntimeError:  # TensorFlow already ran in this process (an embedding application, a test session)
+        log.warning("TensorFlow is already initialised; its thread settings are left as they are")
+
+
 def _load_gradcam(bundle_dir: Path, metadata: BundleMetadata, settings: Settings) -> tuple[Any, Any, str | None]:
     """Return (keras_model, GradCam, None) or (None, None, reason) when explanations are unavailable.
 
@@ -192,6 +207,7 @@ def _load_gradcam(bundle_dir: Path, metadata: BundleMetadata, settings: Settings
     except ImportError as exc:
         log.warning("TensorFlow/Keras cannot be imported (%s); /explain is disabled", exc)
         return None, None, "Grad-CAM explanations are unavailable: TensorFlow is not installed in this deployment."
+    limit_tensorflow_threads(settings.tf_intra_op_threads, settings.tf_inter_op_threads)
     try:
         model = keras.models.load_model(keras_path, compile=False)  # safe_mode stays on
     except Exception as exc:  # Keras raises many types for unreadable archives

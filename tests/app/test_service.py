@@ -103,3 +103,29 @@ def test_limiter_refuses_beyond_concurrency_plus_queue():
 
     asyncio.run(scenario())
     assert rejected == [1]
+
+
+def test_tensorflow_thread_settings_reach_a_fresh_service_process(tiny_bundle):
+    """TensorFlow sizes its pools to every core unless told; the settings must apply before its first op."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "import json, tensorflow as tf\n"
+        "from app.config import Settings\n"
+        "from app.service import load_service\n"
+        "service = load_service(Settings())\n"
+        "print(json.dumps([service.explain_available, tf.config.threading.get_intra_op_parallelism_threads(),"
+        " tf.config.threading.get_inter_op_parallelism_threads()]))\n"
+    )
+    env = {
+        **os.environ,
+        "PNEUMONIA_MODEL_DIR": str(tiny_bundle),
+        "PNEUMONIA_TF_INTRA_OP_THREADS": "1",
+        "PNEUMONIA_TF_INTER_OP_THREADS": "2",
+    }
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == [True, 1, 2]
