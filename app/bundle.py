@@ -108,7 +108,7 @@ class FileChecksums(_Strict):
 
 class BundleMetadata(_Strict):
     schema_version: Literal[1] = SCHEMA_VERSION
-    name: str = Field(description="Human-readable model name, e.g. 'mobilenetv2-128'.")
+    name: str = Field(description="Human-readable model name, e.g. 'mobilenetv2-192'.")
     version: str
     backbone: str
     package_version: str

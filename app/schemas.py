@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from app.bundle import RESEARCH_DISCLAIMER, BundleMetadata, OperatingPoint
 
-_EXAMPLE_MODEL = {"name": "mobilenetv2-128", "version": "1.0.0", "backbone": "mobilenetv2", "sha256": "3f5a" + "0" * 60}
+_EXAMPLE_MODEL = {"name": "mobilenetv2-192", "version": "1.0.0", "backbone": "mobilenetv2", "sha256": "3f5a" + "0" * 60}
 
 
 class ModelInfo(BaseModel):

@@ -10,7 +10,11 @@ from app.bundle import RESEARCH_DISCLAIMER, read_metadata
 from app.config import Settings
 from app.imaging import decode_image
 from app.service import load_service
-SHIPPED = Path(__file__).resolve().parent.parent / "models" / "default"
+from training.config import load_config
+
+REPO = Path(__file__).resolve().parent.parent
+SHIPPED = REPO / "models" / "default"
+CONFIGS = sorted((REPO / "training" / "configs").glob("*.toml"))
 
 
 @pytest.fixture(scope="module")
@@ -37,3 +41,22 @@ def test_shipped_bundle_labels_the_committed_samples_as_their_folders_say(shippe
             probability = shipped_service.predict_image(decode_image(path.read_bytes()))
             predicted = "PNEUMONIA" if probability >= threshold else "NORMAL"
             assert predicted == label, f"{path.name}: p={probability:.3f}, threshold {threshold:.3f}"
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_committed_training_configs_are_valid(path):
+    load_config(path, {})
+
+
+def test_the_readme_recipe_is_the_one_that_trained_the_shipped_bundle():
+    """training/configs/final.toml is what the README says reproduces models/default."""
+    config = load_config(REPO / "training" / "configs" / "final.toml", {})
+    metadata = read_metadata(SHIPPED)
+    assert config.models == [metadata.backbone] and config.default_operating_point == metadata.default_operating_point
+    trained = metadata.training
+    assert (trained["image_size"], trained["augment_strength"], trained["seed"], trained["batch_size"]) == (
+        config.image_size,
+        config.augment_strength,
+        config.seed,
+        config.batch_size,
+    )
