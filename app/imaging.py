@@ -23,6 +23,7 @@ DICOM_MAGIC = b"DICM"
 DEFAULT_MAX_PIXELS = 50_000_000
 MIN_SIDE = 32
 MAX_ASPECT_RATIO = 8.0
+COLOUR_NOTE_THRESHOLD = 8.0  # colour_deviation above this: the upload gets a "is this an X-ray?" warning
 # Pillow is only ever asked to parse these: the header parsers of its ~40 other format plugins (where most
 # of its advisories live: PSD, FITS, McIdas, ...) are never reached by an upload.
 PIL_FORMATS = ("JPEG", "PNG")
@@ -216,9 +217,6 @@ def _pil_to_gray(image: Image.Image) -> tuple[np.ndarray, str | None]:
             colour_note = "The image has colour content; chest X-rays are grayscale. Is this an X-ray?"
         return np.asarray(image.convert("L"), dtype=np.uint8), colour_note
     return np.asarray(image, dtype=np.uint8), None
-
-
-COLOUR_NOTE_THRESHOLD = 8.0
 
 
 def colour_deviation(rgb: np.ndarray) -> float:

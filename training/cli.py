@@ -65,7 +65,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-
 def _positive_float(text: str) -> float:
     try:
         value = float(text)

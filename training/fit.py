@@ -150,12 +150,13 @@ def fit_backbone(
             ("finetune", config.epochs, config.fine_tune_learning_rate, config.fine_tune_layers),
         ]
     start_epoch = 0
-    for phase, until_epoch, learning_rate, trainable_top in phases:
+    for index, (phase, until_epoch, learning_rate, trainable_top) in enumerate(phases):
         phase_done = model_dir / f"phase_{phase}.done"
-        if phase_done.is_file():  # resuming after this phase finished: go on from its best checkpoint
-            model = keras.models.load_model(model_dir / BEST_CHECKPOINT, compile=False)
+        if phase_done.is_file():  # finished before an interruption: not trained again
             start_epoch = until_epoch
             continue
+        if index > 0 and (model_dir / BEST_CHECKPOINT).is_file():  # a later phase goes on from the best so far
+            model = keras.models.load_model(model_dir / BEST_CHECKPOINT, compile=False)
         if trainable_top is not None:
             freeze_backbone(model, trainable_top_layers=trainable_top)
         _compile(model, learning_rate)
@@ -186,8 +187,6 @@ def fit_backbone(
         spent_file.write_text(f"{clock.elapsed_s():.1f}")
         phase_done.touch()
         start_epoch = until_epoch
-        if phase == "head" and (model_dir / BEST_CHECKPOINT).is_file():
-            model = keras.models.load_model(model_dir / BEST_CHECKPOINT, compile=False)
 
     history = _read_history(model_dir / HISTORY_CSV)
     best = max(history, key=lambda row: row.get("val_auc", float("-inf"))) if history else {}
