@@ -99,6 +99,12 @@ class DataSummary(_Strict):
     split_method: str
     split_seed: int
     counts: dict[str, dict[str, int]] = Field(description="Images per split and class.")
+    # Provenance recorded by `train` (absent from bundles exported before it was recorded):
+    card: str | None = Field(None, description="The dataset card (README) the training data came with.")
+    content_sha256: str | None = Field(
+        None, pattern=r"^[0-9a-f]{64}$", description="SHA-256 over the training folder's image paths and contents."
+    )
+    files: int | None = Field(None, ge=0, description="Images the content hash covers.")
 
 
 class FileChecksums(_Strict):
@@ -127,7 +133,9 @@ class BundleMetadata(_Strict):
     stress: dict[str, dict[str, float]] = Field(
         default_factory=dict, description="Validation metrics under perturbations (contrast, gamma, blur...)."
     )
-    training: dict[str, str | int | float | bool | None] = Field(default_factory=dict)
+    training: dict[str, str | int | float | bool | list[str] | None] = Field(
+        default_factory=dict, description="The whole training configuration, plus what training and export measured."
+    )
     data: DataSummary
     intended_use: str
     limitations: list[str]
