@@ -1,66 +1,29 @@
-"""Grad-CAM as small composable pieces (in the spirit of pytorch-grad-cam), free of any web framework.
+"""Drawing a map over an image: the colour scale, the blend, a labelled colour bar, PNG encoding.
 
-    cam = GradCam(keras_model, target_layer="out_relu", logit_layer="logit")   # build once per model
-    maps = cam.heatmap(batch)                      # (N, h, w) float32 in [0, 1]
-    rgb = overlay(gray_uint8, maps[0])             # (H, W, 3) uint8 at the image's own size
+Pure functions of arrays, free of TensorFlow and of any web framework:
+
+    rgb = overlay(gray_uint8, heatmap)     # (H, W, 3) uint8 at the image's own size
+    rgb = draw_colour_bar(rgb)             # the scale, drawn inside the image (its size is unchanged)
     png = encode_png(rgb)
 
-The gradient is taken of the LOGIT (before the sigmoid), so a saturated probability does not flatten the
-map. TensorFlow is imported only when a `GradCam` is built, so `overlay`/`encode_png` stay light.
+What the colours mean (also in the README and the /explain OpenAPI description): the map is scaled per
+image so that its largest value is 1. Blue (0) marks regions with no evidence for the explained class,
+red (1) the strongest evidence in THIS image; colours are relative within an image, not comparable
+between images, and say nothing about lesions.
 """
 
 from __future__ import annotations
 
 import io
-from typing import Any
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
-
-class GradCam:
-    def __init__(self, model: Any, target_layer: str, logit_layer: str):
-        import keras
-        import tensorflow as tf
-
-        try:
-            target = model.get_layer(target_layer)
-            logit = model.get_layer(logit_layer)
-        except ValueError as exc:
-            raise ValueError(f"Grad-CAM layer not found in {model.name}: {exc}") from exc
-        self.target_layer = target_layer
-        self.logit_layer = logit_layer
-        self.input_shape = tuple(int(d) for d in model.inputs[0].shape[1:])
-        self._model = keras.Model(model.inputs, [target.output, logit.output], name=f"{model.name}_gradcam")
-        grad_model = self._model
-
-        def step(images):
-            with tf.GradientTape() as tape:
-                activations, logits = grad_model(images, training=False)
-                score = tf.reduce_sum(logits)
-            grads = tape.gradient(score, activations)  # (N, h, w, C)
-            weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)  # (N, 1, 1, C)
-            cam = tf.nn.relu(tf.reduce_sum(weights * activations, axis=-1))  # (N, h, w)
-            peak = tf.reduce_max(cam, axis=(1, 2), keepdims=True)
-            return tf.math.divide_no_nan(cam, peak), tf.reshape(logits, (-1,))
-
-        signature = (tf.TensorSpec((None, *self.input_shape), tf.float32, name="images"),)
-        self._step = tf.function(step, input_signature=signature, reduce_retracing=True)
-
-    @property
-    def tracing_count(self) -> int:
-        return int(self._step.experimental_get_tracing_count())
-
-    def heatmap_and_logits(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        batch = np.asarray(batch, dtype=np.float32)
-        if batch.ndim != 4 or batch.shape[1:] != self.input_shape:
-            raise ValueError(f"expected a batch of shape (N, {', '.join(map(str, self.input_shape))}), got {batch.shape}")
-        maps, logits = self._step(batch)
-        return np.asarray(maps, dtype=np.float32), np.asarray(logits, dtype=np.float64)
-
-    def heatmap(self, batch: np.ndarray) -> np.ndarray:
-        """(N, H, W, 3) float32 model input -> (N, h, w) float32 Grad-CAM maps in [0, 1]."""
-        return self.heatmap_and_logits(batch)[0]
+COLOUR_SCALE = (
+    "jet colour scale over the map's 0..1 values: blue = 0 (no evidence for the explained class), "
+    "cyan/green = 0.25-0.5, yellow = 0.75, red = 1 (strongest evidence in this image; the map is scaled so "
+    "its maximum is 1, so colours are relative within one image). Blended over the X-ray at 40% opacity."
+)
 
 
 def _jet_lut() -> np.ndarray:
@@ -103,6 +66,36 @@ def overlay(gray: np.ndarray, heatmap: np.ndarray, alpha: float = 0.4) -> np.nda
     colours = colorize(np.clip(np.asarray(resized, dtype=np.float32), 0.0, 1.0)).astype(np.float32)
     base = np.repeat(gray[:, :, None], 3, axis=2).astype(np.float32)
     return np.round((1.0 - alpha) * base + alpha * colours).clip(0, 255).astype(np.uint8)
+
+
+def draw_colour_bar(rgb: np.ndarray) -> np.ndarray:
+    """A copy of `rgb` with the colour scale drawn inside its right edge: 1 at the top, 0 at the bottom.
+
+    The bar covers the middle half of the height and ~3% of the width, on a black frame so it reads on any
+    X-ray; its labels ("1", "0") are drawn only where the image is large enough to hold them legibly.
+    """
+    rgb = np.array(rgb, dtype=np.uint8, copy=True)
+    if rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ValueError(f"expected (H, W, 3) uint8 RGB, got {rgb.shape}")
+    height, width = rgb.shape[:2]
+    bar_w, bar_h = max(2, width // 32), max(4, height // 2)
+    if bar_w + 4 > width or bar_h + 4 > height:
+        return rgb  # too small to hold a bar
+    right, top = width - max(2, width // 64), (height - bar_h) // 2
+    left = right - bar_w
+    rgb[top - 1 : top + bar_h + 1, left - 1 : right + 1] = 0
+    rgb[top : top + bar_h, left:right] = colorize(np.linspace(1.0, 0.0, bar_h))[:, None, :]
+    if height >= 128 and width >= 128:
+        image = Image.fromarray(rgb)
+        draw = ImageDraw.Draw(image)
+        font = ImageFont.load_default(size=max(10, height // 40))
+        for text, y in (("1", top), ("0", top + bar_h)):
+            box = draw.textbbox((0, 0), text, font=font, anchor="rm")
+            x = left - 3
+            draw.rectangle((x + box[0] - 2, y + box[1] - 2, x + 1, y + box[3] + 2), fill=(0, 0, 0))
+            draw.text((x, y), text, fill=(255, 255, 255), font=font, anchor="rm")
+        rgb = np.asarray(image)
+    return rgb
 
 
 def encode_png(rgb: np.ndarray) -> bytes:

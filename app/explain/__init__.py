@@ -1,0 +1,42 @@
+"""Explanations of the classifier's logit: saliency methods (app.explain.methods), the served registry and
+default (app.explain.explainer), and drawing (app.explain.overlay). Faithfulness is measured by
+`python -m bench.explain`."""
+
+from app.explain.explainer import (
+    BASELINES,
+    DEFAULT_METHOD,
+    METHOD_NAMES,
+    METHODS,
+    Explainer,
+    ExplanationResult,
+    build_method,
+    encode_map,
+    layer_at_stride,
+)
+from app.explain.methods import (
+    CentralBlob,
+    GradCAM,
+    GradCAMPlusPlus,
+    GradientCam,
+    HiResCAM,
+    LayerCAM,
+    RandomMap,
+    SaliencyMethod,
+    SmoothGradCAM,
+    class_sign,
+)
+from app.explain.overlay import (
+    COLOUR_SCALE,
+    JET,
+    colorize,
+    draw_colour_bar,
+    encode_png,
+    overlay,
+)
+
+__all__ = [
+    "BASELINES", "COLOUR_SCALE", "DEFAULT_METHOD", "JET", "METHODS", "METHOD_NAMES", "CentralBlob", "Explainer",
+    "ExplanationResult", "GradCAM", "GradCAMPlusPlus", "GradientCam", "HiResCAM", "LayerCAM", "RandomMap",
+    "SaliencyMethod", "SmoothGradCAM", "build_method", "class_sign", "colorize", "draw_colour_bar", "encode_map",
+    "encode_png", "layer_at_stride", "overlay",
+]

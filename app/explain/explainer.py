@@ -1,0 +1,121 @@
+"""The served explanations: which methods exist, which one is the default, and one call that turns an
+image into a map, an overlay PNG and the facts a response reports (method, layers, explained class)."""
+
+from __future__ import annotations
+
+import base64
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from app.explain.methods import (
+    CentralBlob,
+    GradCAM,
+    GradCAMPlusPlus,
+    HiResCAM,
+    LayerCAM,
+    RandomMap,
+    SaliencyMethod,
+    SmoothGradCAM,
+    class_sign,
+)
+from app.explain.overlay import draw_colour_bar, encode_png, overlay
+
+# name -> (class, layers). Layers are the bundle's Grad-CAM layer ("bundle"; out_relu, 6x6 at 192 px, for
+# MobileNetV2) or the last layer of the backbone at 1/8 or 1/16 of the input ("stride8": block_6_expand_relu,
+# 24x24; "stride16": block_13_expand_relu, 12x12), found by output size so any backbone works.
+METHODS: dict[str, tuple[type[SaliencyMethod], tuple[str, ...]]] = {
+    "gradcam": (GradCAM, ("bundle",)),
+    "gradcam_stride16": (GradCAM, ("stride16",)),
+    "gradcam_stride8": (GradCAM, ("stride8",)),
+    "gradcam_pp": (GradCAMPlusPlus, ("bundle",)),
+    "hirescam": (HiResCAM, ("bundle",)),
+    "layercam": (LayerCAM, ("stride8", "stride16", "bundle")),
+    "smoothgrad_gradcam": (SmoothGradCAM, ("bundle",)),
+    "central_blob": (CentralBlob, ()),
+    "random": (RandomMap, ()),
+}
+METHOD_NAMES = tuple(METHODS)
+BASELINES = ("central_blob", "random")
+
+# The served default, chosen by the faithfulness benchmark (python -m bench.explain; results/explanations/
+# and the README section "Explanations: which map to trust"): the method must beat the central blob and the
+# random map under every replacement scheme by more than the 95% bootstrap interval, change when the top
+# layers are randomised, and keep /explain within 3x /predict.
+DEFAULT_METHOD = "gradcam"
+
+
+def layer_at_stride(model: Any, stride: int) -> str:
+    """The last layer whose output is (N, H/stride, W/stride, C): the end of that resolution stage."""
+    height, width = (int(d) for d in model.inputs[0].shape[1:3])
+    target = (height // stride, width // stride)
+    names = [
+        layer.name
+        for layer in model.layers
+        if len(getattr(layer.output, "shape", ())) == 4 and tuple(layer.output.shape[1:3]) == target
+    ]
+    if not names:
+        raise ValueError(f"{model.name} has no layer with a {target[0]}x{target[1]} output (stride {stride})")
+    return names[-1]
+
+
+def resolve_layers(model: Any, bundle_layer: str) -> dict[str, str]:
+    return {"bundle": bundle_layer, "stride16": layer_at_stride(model, 16), "stride8": layer_at_stride(model, 8)}
+
+
+def build_method(name: str, model: Any, bundle_layer: str, logit_layer: str) -> SaliencyMethod:
+    cls, roles = METHODS[name]
+    if not roles:
+        return cls(tuple(int(d) for d in model.inputs[0].shape[1:]))
+    layers = resolve_layers(model, bundle_layer)
+    return cls(model, tuple(layers[role] for role in roles), logit_layer)
+
+
+def encode_map(values: np.ndarray) -> str:
+    """Base64 of the map as little-endian float32, row-major."""
+    return base64.b64encode(np.ascontiguousarray(values, dtype="<f4").tobytes()).decode("ascii")
+
+
+@dataclass(frozen=True)
+class ExplanationResult:
+    png: bytes  # overlay with colour bar, at the uploaded image's size
+    values: np.ndarray  # (H, W) float32 in [0, 1] at the model-input resolution
+    method: str
+    layers: tuple[str, ...]
+    explained_class: str
+    resolution: str = "model_input"
+
+
+class Explainer:
+    """Every method over one Keras model, built on first use; layer names are checked at construction."""
+
+    def __init__(self, model: Any, bundle_layer: str, logit_layer: str, default_method: str = DEFAULT_METHOD):
+        try:
+            model.get_layer(bundle_layer)
+            model.get_layer(logit_layer)
+        except ValueError as exc:
+            raise ValueError(f"Grad-CAM layer not found in {model.name}: {exc}") from exc
+        resolve_layers(model, bundle_layer)
+        self.default_method = default_method
+        self._args = (model, bundle_layer, logit_layer)
+        self._methods: dict[str, SaliencyMethod] = {}
+        self._lock = threading.Lock()
+
+    def method(self, name: str | None = None) -> SaliencyMethod:
+        name = name or self.default_method
+        if name not in METHODS:
+            raise ValueError(f"unknown explanation method {name!r}; valid: {', '.join(METHOD_NAMES)}")
+        with self._lock:
+            if name not in self._methods:
+                self._methods[name] = build_method(name, *self._args)
+            return self._methods[name]
+
+    def explain(self, pixels: np.ndarray, batch: np.ndarray, explained_class: str, method: str | None = None) -> ExplanationResult:
+        """pixels: the decoded (H, W) uint8 image; batch: its (1, h, w, 3) model input."""
+        name = method or self.default_method
+        chosen = self.method(name)
+        values = chosen(batch, class_sign(explained_class))[0]
+        png = encode_png(draw_colour_bar(overlay(pixels, values)))
+        return ExplanationResult(png, values, name, chosen.layers, explained_class)

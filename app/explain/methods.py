@@ -1,0 +1,243 @@
+"""Saliency methods for the binary classifier, one small class each over a shared base (the layout of
+pytorch-grad-cam: the base owns the model plumbing, a subclass says only how a layer's activations and
+gradients become a map).
+
+Every method maps a batch and the class to explain to raw maps:
+
+    method(batch, signs) -> (N, H, W) float32 in [0, 1] at the MODEL-INPUT resolution
+
+`batch` is the model input (N, H, W, 3) float32 0..255. `signs` is +1 to explain PNEUMONIA (the gradient of
+the logit) or -1 to explain NORMAL (the gradient of the negative logit), per image, so a NORMAL prediction
+shows the evidence for NORMAL instead of an empty map. Each map is scaled so its maximum is 1 (all zeros
+when nothing in the image supports the class). The logit is taken before the sigmoid, so a saturated
+probability does not flatten the map; the bundle's Platt calibration is baked into that layer, which only
+rescales the gradients by a positive constant and leaves every normalised map unchanged.
+
+TensorFlow is imported when a gradient method is built, never by importing this module.
+"""
+
+from __future__ import annotations
+
+import zlib
+from typing import Any, ClassVar
+
+import numpy as np
+from PIL import Image
+
+PNEUMONIA_SIGN, NORMAL_SIGN = 1.0, -1.0
+
+
+def class_sign(explained_class: str) -> float:
+    if explained_class not in ("PNEUMONIA", "NORMAL"):
+        raise ValueError(f"explained_class must be PNEUMONIA or NORMAL, got {explained_class!r}")
+    return PNEUMONIA_SIGN if explained_class == "PNEUMONIA" else NORMAL_SIGN
+
+
+def _check_batch(batch: np.ndarray, input_shape: tuple[int, ...]) -> np.ndarray:
+    batch = np.asarray(batch, dtype=np.float32)
+    if batch.ndim != 4 or batch.shape[1:] != input_shape:
+        raise ValueError(f"expected a batch of shape (N, {', '.join(map(str, input_shape))}), got {batch.shape}")
+    return batch
+
+
+def _signs(signs: Any, n: int) -> np.ndarray:
+    signs = np.broadcast_to(np.asarray(signs, dtype=np.float32), (n,)).copy()
+    if not np.all(np.isin(signs, (PNEUMONIA_SIGN, NORMAL_SIGN))):
+        raise ValueError("signs must be +1 (PNEUMONIA) or -1 (NORMAL)")
+    return signs
+
+
+class SaliencyMethod:
+    """A map per image. `layers` names the model layers the map is read from (empty for baselines);
+    `native_size` is the (h, w) the method computes at before resizing to the model input."""
+
+    name: ClassVar[str]
+    layers: tuple[str, ...] = ()
+    native_size: tuple[int, int]
+    input_shape: tuple[int, int, int]
+
+    def __call__(self, batch: np.ndarray, signs: Any = PNEUMONIA_SIGN) -> np.ndarray:
+        raise NotImplementedError
+
+
+class GradientCam(SaliencyMethod):
+    """Base of the gradient CAMs: activations and gradients of one or more layers w.r.t. the signed logit.
+
+    A subclass implements `layer_map(activations, gradients) -> (N, h, w)` (non-negative, TensorFlow ops).
+    With several layers (LayerCAM-style fusion), each layer's map is scaled to [0, 1], resized to the input
+    and the maps are averaged, then scaled to [0, 1] again, as pytorch-grad-cam aggregates target layers.
+    """
+
+    def __init__(self, model: Any, layers: str | tuple[str, ...], logit_layer: str):
+        import keras
+        import tensorflow as tf
+
+        self.layers = (layers,) if isinstance(layers, str) else tuple(layers)
+        try:
+            outputs = [model.get_layer(name).output for name in self.layers]
+            logit = model.get_layer(logit_layer).output
+        except ValueError as exc:
+            raise ValueError(f"{type(self).__name__}: layer not found in {model.name}: {exc}") from exc
+        self.logit_layer = logit_layer
+        self.input_shape = tuple(int(d) for d in model.inputs[0].shape[1:])
+        height, width = self.input_shape[:2]
+        self.native_size = tuple(int(d) for d in max((o.shape[1:3] for o in outputs), key=lambda s: s[0] * s[1]))
+        grad_model = keras.Model(model.inputs, [*outputs, logit], name=f"{model.name}_{self.name}")
+        layer_map = self.layer_map
+
+        def step(images, signs):
+            with tf.GradientTape() as tape:
+                *activations, logits = grad_model(images, training=False)
+                logits = tf.reshape(logits, (-1,))
+                score = tf.reduce_sum(signs * logits)
+            gradients = tape.gradient(score, activations)
+            maps = []
+            for acts, grads in zip(activations, gradients, strict=True):
+                cam = tf.nn.relu(layer_map(acts, grads))  # (N, h, w)
+                cam = tf.math.divide_no_nan(cam, tf.reduce_max(cam, axis=(1, 2), keepdims=True))
+                maps.append(tf.image.resize(cam[..., None], (height, width), method="bilinear")[..., 0])
+            fused = tf.add_n(maps) / len(maps)
+            fused = tf.math.divide_no_nan(fused, tf.reduce_max(fused, axis=(1, 2), keepdims=True))
+            return tf.clip_by_value(fused, 0.0, 1.0), logits
+
+        signature = (
+            tf.TensorSpec((None, *self.input_shape), tf.float32, name="images"),
+            tf.TensorSpec((None,), tf.float32, name="signs"),
+        )
+        self._step = tf.function(step, input_signature=signature, reduce_retracing=True)
+
+    @staticmethod
+    def layer_map(activations, gradients):
+        raise NotImplementedError
+
+    @property
+    def tracing_count(self) -> int:
+        return int(self._step.experimental_get_tracing_count())
+
+    def maps_and_logits(self, batch: np.ndarray, signs: Any = PNEUMONIA_SIGN) -> tuple[np.ndarray, np.ndarray]:
+        """Maps (N, H, W) float32 in [0, 1] and the (calibrated) logits (N,) float64 of the same pass."""
+        batch = _check_batch(batch, self.input_shape)
+        maps, logits = self._step(batch, _signs(signs, len(batch)))
+        return np.asarray(maps, dtype=np.float32), np.asarray(logits, dtype=np.float64)
+
+    def __call__(self, batch: np.ndarray, signs: Any = PNEUMONIA_SIGN) -> np.ndarray:
+        return self.maps_and_logits(batch, signs)[0]
+
+
+class GradCAM(GradientCam):
+    """Selvaraju et al. 2017: channel weights are the spatially averaged gradients."""
+
+    name = "gradcam"
+
+    @staticmethod
+    def layer_map(activations, gradients):
+        import tensorflow as tf
+
+        weights = tf.reduce_mean(gradients, axis=(1, 2), keepdims=True)
+        return tf.reduce_sum(weights * activations, axis=-1)
+
+
+class GradCAMPlusPlus(GradientCam):
+    """Chattopadhay et al. 2018, with the closed-form alphas of pytorch-grad-cam (exponential head)."""
+
+    name = "gradcam_pp"
+
+    @staticmethod
+    def layer_map(activations, gradients):
+        import tensorflow as tf
+
+        g2, g3 = gradients**2, gradients**3
+        total = tf.reduce_sum(activations, axis=(1, 2), keepdims=True)
+        alpha = tf.math.divide_no_nan(g2, 2.0 * g2 + total * g3)
+        weights = tf.reduce_sum(alpha * tf.nn.relu(gradients), axis=(1, 2), keepdims=True)
+        return tf.reduce_sum(weights * activations, axis=-1)
+
+
+class HiResCAM(GradientCam):
+    """Draelos & Carin 2020: gradient times activation per position, summed over channels (no averaging)."""
+
+    name = "hirescam"
+
+    @staticmethod
+    def layer_map(activations, gradients):
+        import tensorflow as tf
+
+        return tf.reduce_sum(gradients * activations, axis=-1)
+
+
+class LayerCAM(GradientCam):
+    """Jiang et al. 2021: positive gradients times activations per position; fused over several layers."""
+
+    name = "layercam"
+
+    @staticmethod
+    def layer_map(activations, gradients):
+        import tensorflow as tf
+
+        return tf.reduce_sum(tf.nn.relu(gradients) * activations, axis=-1)
+
+
+class SmoothGradCAM(GradCAM):
+    """Grad-CAM averaged over `samples` noisy copies of the input (SmoothGrad, Smilkov et al. 2017).
+
+    The noise is seeded, so a given image always gets the same map.
+    """
+
+    name = "smoothgrad_gradcam"
+
+    def __init__(self, model: Any, layers: str | tuple[str, ...], logit_layer: str, samples: int = 8, sigma: float = 0.1):
+        super().__init__(model, layers, logit_layer)
+        self.samples, self.sigma = samples, sigma
+
+    def __call__(self, batch: np.ndarray, signs: Any = PNEUMONIA_SIGN) -> np.ndarray:
+        batch = _check_batch(batch, self.input_shape)
+        signs = _signs(signs, len(batch))
+        noise = np.random.default_rng(0).normal(0.0, self.sigma * 255.0, (self.samples, *self.input_shape))
+        noisy = np.clip(batch[:, None] + noise[None], 0.0, 255.0).astype(np.float32)  # (N, S, H, W, C)
+        maps, _ = self.maps_and_logits(noisy.reshape(-1, *self.input_shape), np.repeat(signs, self.samples))
+        mean = maps.reshape(len(batch), self.samples, *maps.shape[1:]).mean(axis=1)
+        peak = mean.max(axis=(1, 2), keepdims=True)
+        return np.divide(mean, peak, out=np.zeros_like(mean), where=peak > 0).astype(np.float32)
+
+
+class CentralBlob(SaliencyMethod):
+    """Baseline: the same centred Gaussian (sigma a quarter of the side) for every image and class."""
+
+    name = "central_blob"
+
+    def __init__(self, input_shape: tuple[int, int, int]):
+        self.input_shape = tuple(input_shape)
+        height, width = self.input_shape[:2]
+        self.native_size = (height, width)
+        yy, xx = np.mgrid[0:height, 0:width].astype(np.float64)
+        d2 = ((yy - (height - 1) / 2) / (0.25 * height)) ** 2 + ((xx - (width - 1) / 2) / (0.25 * width)) ** 2
+        self._map = np.exp(-0.5 * d2).astype(np.float32)
+
+    def __call__(self, batch: np.ndarray, signs: Any = PNEUMONIA_SIGN) -> np.ndarray:
+        batch = _check_batch(batch, self.input_shape)
+        return np.repeat(self._map[None], len(batch), axis=0)
+
+
+class RandomMap(SaliencyMethod):
+    """Baseline: uniform noise on a coarse grid (out_relu's 6x6 by default), bilinearly resized.
+
+    Seeded by the image's bytes: the same image always gets the same random map, and concurrent calls
+    share no generator.
+    """
+
+    name = "random"
+
+    def __init__(self, input_shape: tuple[int, int, int], grid: tuple[int, int] = (6, 6)):
+        self.input_shape = tuple(input_shape)
+        self.native_size = tuple(grid)
+
+    def __call__(self, batch: np.ndarray, signs: Any = PNEUMONIA_SIGN) -> np.ndarray:
+        batch = _check_batch(batch, self.input_shape)
+        height, width = self.input_shape[:2]
+        maps = []
+        for image in batch:
+            coarse = np.random.default_rng(zlib.crc32(image.tobytes())).random(self.native_size).astype(np.float32)
+            resized = np.asarray(Image.fromarray(coarse).resize((width, height), Image.Resampling.BILINEAR))
+            low, high = resized.min(), resized.max()
+            maps.append((resized - low) / (high - low) if high > low else np.zeros_like(resized))
+        return np.clip(np.stack(maps), 0.0, 1.0).astype(np.float32)

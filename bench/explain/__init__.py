@@ -1,0 +1,1 @@
+"""Explanation faithfulness benchmark (`python -m bench.explain`)."""
