@@ -22,6 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app import __version__
 from app.api.errors import install_error_handlers
 from app.api.main import api_router
+from app.api.routes.pages import mount_static
 from app.api.uploads import UploadLimitMiddleware
 from app.bundle import RESEARCH_DISCLAIMER, BundleError
 from app.config import Settings, get_settings
@@ -124,12 +125,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description=DESCRIPTION,
         version=__version__,
         lifespan=lifespan,
+        # self-hosted in app.api.routes.pages: FastAPI's own pages load Swagger UI/ReDoc from a CDN
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.service = None
     install_error_handlers(app)
     app.include_router(api_router)
+    mount_static(app)
     app.add_middleware(UploadLimitMiddleware, max_bytes=settings.max_upload_bytes)
     app.add_middleware(RequestContextMiddleware, metrics=metrics)  # outermost: sees every response, 413s too
     return app

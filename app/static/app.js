@@ -1,0 +1,361 @@
+// The page at `/`: upload an X-ray, show the model's output and its Grad-CAM overlay.
+// Plain JavaScript, no build step, no third-party code. It talks only to this service (same origin) and
+// stores nothing in the browser: the uploaded file lives in memory and in an object URL that is revoked
+// when the next file is chosen.
+"use strict";
+
+(() => {
+  const $ = (id) => document.getElementById(id);
+  const METRIC_NAMES = {
+    roc_auc: "ROC-AUC", pr_auc: "PR-AUC", sensitivity: "Sensitivity", specificity: "Specificity",
+    accuracy: "Accuracy", precision: "Precision", f1: "F1", brier: "Brier score", ece: "Calibration error (ECE)",
+  };
+  const state = { model: null, result: null, objectUrl: null };
+
+  class ApiProblem extends Error {
+    constructor(status, body, retryAfter) {
+      super((body && body.error && body.error.message) || `HTTP ${status}`);
+      this.status = status;
+      this.body = body || {};
+      this.code = (body && body.error && body.error.code) || "";
+      this.retryAfter = retryAfter;
+    }
+  }
+
+  function el(tag, text, className) {
+    const node = document.createElement(tag);
+    if (text !== undefined) node.textContent = text;
+    if (className) node.className = className;
+    return node;
+  }
+
+  const fmt = (x, digits = 3) => (typeof x === "number" && Number.isFinite(x) ? x.toFixed(digits) : "n/a");
+
+  async function request(url, options) {
+    let response;
+    try {
+      response = await fetch(url, { cache: "no-store", ...options });
+    } catch (err) {
+      throw new ApiProblem(0, { error: { code: "network", message: "The service could not be reached." } });
+    }
+    let body = null;
+    try {
+      body = await response.json();
+    } catch (err) {
+      body = null;
+    }
+    if (!response.ok) throw new ApiProblem(response.status, body, response.headers.get("Retry-After"));
+    return body;
+  }
+
+  // ---- model summary and operating points -------------------------------------------------------------
+
+  async function loadModel(attempt = 0) {
+    try {
+      state.model = await request("/model", { headers: { Accept: "application/json" } });
+    } catch (err) {
+      if (err.status === 503 && attempt < 10) {
+        setTimeout(() => loadModel(attempt + 1), 2000);
+        return;
+      }
+      $("model-summary").replaceChildren(el("p", `The model summary is unavailable: ${problemMessage(err)}`, "error-text"));
+      $("operating-point").replaceChildren(el("option", "Unavailable"));
+      return;
+    }
+    renderModel(state.model);
+    fillOperatingPoints(state.model);
+    if (state.result) relabel();
+  }
+
+  function fillOperatingPoints(model) {
+    const select = $("operating-point");
+    select.replaceChildren();
+    for (const point of model.operating_points) {
+      const isDefault = point.name === model.default_operating_point;
+      const text = `${point.name}${isDefault ? " (default)" : ""} — threshold ${fmt(point.threshold)}, ` +
+        `validation sensitivity ${fmt(point.sensitivity)}, specificity ${fmt(point.specificity)}`;
+      const option = el("option", text);
+      option.value = point.name;
+      option.selected = isDefault;
+      select.append(option);
+    }
+    select.disabled = false;
+  }
+
+  function selectedPoint() {
+    if (!state.model) return null;
+    return state.model.operating_points.find((p) => p.name === $("operating-point").value) || null;
+  }
+
+  function renderModel(model) {
+    if (model.disclaimer) $("disclaimer-text").textContent = model.disclaimer.replace(/^Research use only\.\s*/, "");
+    const root = $("model-summary");
+    const validation = model.validation || {};
+    const facts = el("dl", undefined, "facts");
+    const fact = (term, value) => facts.append(el("dt", term), el("dd", value));
+    fact("Name", model.name);
+    fact("Version", model.version);
+    fact("Backbone", model.backbone);
+    fact("Input", `${model.input_size.width}×${model.input_size.height} grayscale`);
+    fact("Intended use", model.intended_use);
+    fact("Explanations", model.explain_available ? "available (Grad-CAM)" : "unavailable on this service");
+
+    const table = el("table", undefined, "metrics");
+    const caption = el("caption", `Validation (${validation.split || "validation"} split, ` +
+      `${validation.n_images ?? "?"} images, ${validation.n_positive ?? "?"} with pneumonia), threshold-dependent ` +
+      `metrics at the default operating point (${model.default_operating_point}). Intervals: 95% bootstrap.`);
+    const head = el("tr");
+    head.append(el("th", "Metric"), el("th", "Value"), el("th", "95% interval"));
+    for (const th of head.children) th.scope = "col";
+    table.append(caption, el("thead"), el("tbody"));
+    table.tHead.append(head);
+    for (const [key, estimate] of Object.entries(validation.metrics || {})) {
+      const row = el("tr");
+      const name = el("th", METRIC_NAMES[key] || key);
+      name.scope = "row";
+      const interval = estimate.ci_low == null ? "—" : `${fmt(estimate.ci_low)} – ${fmt(estimate.ci_high)}`;
+      row.append(name, el("td", fmt(estimate.value)), el("td", interval));
+      table.tBodies[0].append(row);
+    }
+
+    const limits = el("ul", undefined, "limitations");
+    for (const item of model.limitations || []) limits.append(el("li", item));
+    const note = el("p", "Not externally validated: expect lower performance on other hospitals, devices and " +
+      "populations. Full details: ", "muted");
+    const cardLink = el("a", "the model card");
+    cardLink.href = "/model/card";
+    const jsonLink = el("a", "GET /model");
+    jsonLink.href = "/model";
+    note.append(cardLink, " and ", jsonLink, ".");
+    root.replaceChildren(facts, table, el("h3", "Limitations"), limits, note);
+  }
+
+  // ---- upload -----------------------------------------------------------------------------------------
+
+  function setStatus(text) {
+    $("status").textContent = text;
+  }
+
+  function clearError() {
+    const box = $("error");
+    box.hidden = true;
+    box.className = "error";
+    box.replaceChildren();
+  }
+
+  function problemMessage(err) {
+    const message = err.body && err.body.error && err.body.error.message ? err.body.error.message : "";
+    const code = err.code ? ` (code: ${err.code})` : "";
+    switch (true) {
+      case err.status === 0:
+        return "The service could not be reached. Is it still running?";
+      case err.status === 503 && err.code === "not_ready":
+        return "The model is still loading — try again in a moment.";
+      case err.status === 503:
+        return `The service is busy — try again${err.retryAfter ? ` in ${err.retryAfter} s` : " shortly"}. ${message}${code}`;
+      case err.status === 413:
+        return `The file is too large. ${message}${code}`;
+      case err.status === 415:
+        return `This file type cannot be read: send a JPEG, PNG or DICOM image. ${message}${code}`;
+      case err.status === 422:
+        return `The image could not be analysed. ${message}${code}`;
+      case err.status === 400:
+        return `The upload was not understood. ${message}${code}`;
+      case err.status === 429:
+        return `Too many requests — try again${err.retryAfter ? ` in ${err.retryAfter} s` : " shortly"}. ${message}${code}`;
+      case err.status >= 400 && err.status < 500:
+        return `The request was refused (HTTP ${err.status}). ${message}${code}`;
+      default:
+        return `The service failed (HTTP ${err.status}). ${message}${code}`;
+    }
+  }
+
+  function inputCheckOf(body) {
+    return (body && (body.input_check || (body.error && body.error.input_check))) || null;
+  }
+
+  function reasonText(reason) {
+    if (typeof reason === "string") return reason;
+    if (reason && typeof reason === "object") return reason.message || reason.detail || JSON.stringify(reason);
+    return String(reason);
+  }
+
+  function showError(err) {
+    const box = $("error");
+    box.replaceChildren();
+    const check = inputCheckOf(err.body);
+    if (err.status === 422 && err.code === "not_a_chest_xray") {
+      box.className = "error refusal";
+      box.append(el("h3", "Refused: this does not look like a chest X-ray"));
+      box.append(el("p", err.body.error.message || ""));
+      const reasons = (check && check.reasons) || [];
+      if (reasons.length) {
+        const list = el("ul");
+        for (const reason of reasons) list.append(el("li", reasonText(reason)));
+        box.append(el("p", "Why:"), list);
+      }
+      box.append(el("p", "The model was trained on chest X-rays only; its output for other images is meaningless.", "muted"));
+    } else {
+      box.className = "error";
+      box.append(el("p", problemMessage(err)));
+    }
+    box.hidden = false;
+  }
+
+  async function upload(path, file) {
+    const form = new FormData();
+    form.append("file", file);
+    const point = selectedPoint();
+    const query = point ? `?operating_point=${encodeURIComponent(point.name)}` : "";
+    return request(path + query, { method: "POST", body: form, headers: { Accept: "application/json" } });
+  }
+
+  async function analyse(file) {
+    clearError();
+    $("file-input").disabled = true;
+    $("result").setAttribute("aria-busy", "true");
+    setStatus(`Analysing ${file.name}…`);
+    try {
+      let result;
+      try {
+        result = await upload("/explain", file);
+      } catch (err) {
+        // A service without explanations still predicts: show that rather than nothing.
+        if (!(err.status === 503 && err.code === "explain_unavailable")) throw err;
+        result = await upload("/predict", file);
+      }
+      showResult(file, result);
+      setStatus(`Analysed ${file.name}.`);
+    } catch (err) {
+      $("result").hidden = true;
+      state.result = null;
+      showError(err);
+      setStatus(`${file.name} was not analysed.`);
+    } finally {
+      $("file-input").disabled = false;
+      $("file-input").value = "";
+      $("result").removeAttribute("aria-busy");
+    }
+  }
+
+  // ---- the result -------------------------------------------------------------------------------------
+
+  function showResult(file, result) {
+    state.result = result;
+    if (state.objectUrl) URL.revokeObjectURL(state.objectUrl);
+    state.objectUrl = null;
+    renderInputCheck(result.input_check);
+    renderWarnings(result.warnings || []);
+    renderImages(file, result);
+    if (result.disclaimer) $("disclaimer-text").textContent = result.disclaimer.replace(/^Research use only\.\s*/, "");
+    $("result").hidden = false;
+    relabel();
+  }
+
+  function renderInputCheck(check) {
+    const box = $("input-check");
+    box.replaceChildren();
+    if (!check) {
+      box.className = "input-check unknown";
+      box.append(el("p", "Input check: not reported by this service. Make sure the image is a frontal chest X-ray."));
+      return;
+    }
+    const reasons = check.reasons || [];
+    box.className = `input-check ${check.accepted ? "accepted" : "doubtful"}`;
+    box.append(el("p", check.accepted
+      ? "Input check: passed — the image looks like a chest X-ray the model can read."
+      : "Input check: this image may not be a chest X-ray. The result below is not meaningful."));
+    if (reasons.length) {
+      const list = el("ul");
+      for (const reason of reasons) list.append(el("li", reasonText(reason)));
+      box.append(list);
+    }
+  }
+
+  function renderWarnings(warnings) {
+    const list = $("warnings");
+    list.replaceChildren();
+    list.hidden = warnings.length === 0;
+    for (const warning of warnings) list.append(el("li", `Warning: ${warning}`));
+  }
+
+  function renderImages(file, result) {
+    const isDicom = result.input && result.input.format === "DICOM";
+    const hasMap = Boolean(result.heatmap);
+    $("original-figure").hidden = isDicom;
+    $("dicom-note").hidden = !isDicom;
+    if (!isDicom) {
+      state.objectUrl = URL.createObjectURL(file);
+      $("original").src = state.objectUrl;
+      $("overlay-base").src = state.objectUrl;
+    }
+    $("overlay-base").hidden = isDicom;
+    $("overlay-figure").querySelector(".stack").classList.toggle("layered", !isDicom);
+    $("overlay-figure").hidden = !hasMap;
+    $("map-help").hidden = !hasMap;
+    $("overlay-controls").hidden = isDicom;
+    $("no-explanation").hidden = hasMap;
+    $("no-explanation").textContent = hasMap ? "" : "Explanations are unavailable on this service: the prediction is shown without a heatmap.";
+    $("map-name").textContent = result.map ? `(${result.map})` : "";
+    if (hasMap) $("overlay").src = `data:image/${result.heatmap_format || "png"};base64,${result.heatmap}`;
+    setOpacity(isDicom ? 100 : Number($("opacity").value));
+  }
+
+  // Re-label from the stored probability at the chosen operating point, exactly as the service does
+  // (PNEUMONIA when probability >= threshold): no second upload.
+  function relabel() {
+    const result = state.result;
+    if (!result) return;
+    const point = selectedPoint();
+    const threshold = point ? point.threshold : result.threshold;
+    const name = point ? point.name : result.operating_point;
+    const label = result.probability >= threshold ? "PNEUMONIA" : "NORMAL";
+    $("label").textContent = label;
+    $("label").className = `label ${label.toLowerCase()}`;
+    $("label-note").textContent = `at operating point ${name} (threshold ${fmt(threshold)})`;
+    $("probability").textContent = fmt(result.probability);
+    $("probability-fill").style.width = `${(result.probability * 100).toFixed(1)}%`;
+    $("threshold-marker").style.left = `${(threshold * 100).toFixed(1)}%`;
+    $("threshold-text").textContent = `threshold ${fmt(threshold)}`;
+    $("probability-bar").setAttribute("aria-label",
+      `Probability ${fmt(result.probability)} on a scale from 0 to 1; the threshold ${fmt(threshold)} is marked. ` +
+      `Label: ${label}.`);
+  }
+
+  function setOpacity(percent) {
+    $("overlay").style.opacity = String(percent / 100);
+    $("opacity").value = String(percent);
+    $("opacity").setAttribute("aria-valuetext", `${percent}%`);
+    $("opacity-value").textContent = `${percent}%`;
+  }
+
+  // ---- wiring -----------------------------------------------------------------------------------------
+
+  function init() {
+    const input = $("file-input");
+    const zone = $("dropzone");
+    input.addEventListener("change", () => {
+      if (input.files && input.files.length) analyse(input.files[0]);
+    });
+    for (const type of ["dragenter", "dragover"]) {
+      zone.addEventListener(type, (event) => {
+        event.preventDefault();
+        zone.classList.add("dragging");
+      });
+    }
+    for (const type of ["dragleave", "drop"]) zone.addEventListener(type, () => zone.classList.remove("dragging"));
+    zone.addEventListener("drop", (event) => {
+      event.preventDefault();
+      const files = event.dataTransfer && event.dataTransfer.files;
+      if (files && files.length) analyse(files[0]);
+    });
+    // A file dropped beside the zone must not make the browser navigate away to it.
+    window.addEventListener("dragover", (event) => event.preventDefault());
+    window.addEventListener("drop", (event) => event.preventDefault());
+    $("operating-point").addEventListener("change", relabel);
+    $("opacity").addEventListener("input", () => setOpacity(Number($("opacity").value)));
+    loadModel();
+  }
+
+  document.addEventListener("DOMContentLoaded", init);
+})();
