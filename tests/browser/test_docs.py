@@ -45,9 +45,7 @@ def test_redoc_lists_every_operation_offline(page, traffic, operations):
     response = page.goto("/redoc")
     assert response.status == 200 and "cdn" not in response.text().lower()
     selector = "li[data-item-id*='operation/']"
-    page.wait_for_function(
-        "([s, n]) => document.querySelectorAll(s).length >= n", arg=[selector, len(operations)]
-    )
+    page.wait_for_function("([s, n]) => document.querySelectorAll(s).length >= n", arg=[selector, len(operations)])
     items = page.eval_on_selector_all(selector, "items => items.map(i => i.getAttribute('data-item-id'))")
     assert sorted(item.rsplit("operation/", 1)[1] for item in items) == sorted(operations)
     assert "RESEARCH USE ONLY" in page.inner_text("h1")

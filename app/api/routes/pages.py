@@ -9,8 +9,9 @@ loudly in the browser tests instead of silently calling out.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TypeVar
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse, PlainTextResponse
 from fastapi.staticfiles import StaticFiles
@@ -37,14 +38,15 @@ DOCS_CSP = (
 SECURITY_HEADERS = {"Referrer-Policy": "no-referrer", "X-Content-Type-Options": "nosniff"}
 
 router = APIRouter()
+R = TypeVar("R", bound=Response)
 
 
-def mount_static(app) -> None:
+def mount_static(app: FastAPI) -> None:
     """Serve app/static at /static (the page's script and styles, the vendored docs assets)."""
     app.mount(STATIC_URL, StaticFiles(directory=STATIC_DIR), name="static")
 
 
-def _with_csp(response, policy: str):
+def _with_csp(response: R, policy: str) -> R:
     response.headers.update({"Content-Security-Policy": policy, **SECURITY_HEADERS})
     return response
 
