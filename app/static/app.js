@@ -261,10 +261,12 @@
       return;
     }
     const reasons = check.reasons || [];
-    box.className = `input-check ${check.accepted ? "accepted" : "doubtful"}`;
-    box.append(el("p", check.accepted
-      ? "Input check: passed — the image looks like a chest X-ray the model can read."
-      : "Input check: this image may not be a chest X-ray. The result below is not meaningful."));
+    box.className = `input-check ${check.accepted ? (reasons.length ? "noted" : "accepted") : "doubtful"}`;
+    // Reasons on an accepted image matter too (an image rotated back, a check that could not run).
+    let verdict = "Input check: passed — the service's checks found a frontal chest X-ray.";
+    if (check.accepted && reasons.length) verdict = "Input check: accepted, with these notes:";
+    if (!check.accepted) verdict = "Input check: this image may not be a chest X-ray. The result below is not meaningful.";
+    box.append(el("p", verdict));
     if (reasons.length) {
       const list = el("ul");
       for (const reason of reasons) list.append(el("li", reasonText(reason)));

@@ -86,8 +86,14 @@ async def redoc(request: Request) -> HTMLResponse:
     "/model/card",
     tags=["model"],
     summary="The served bundle's human-readable model card (Markdown)",
-    response_class=PlainTextResponse,
-    responses={200: {"content": {"text/markdown": {}}}, **error_responses(404)},
+    response_class=Response,
+    responses={
+        200: {
+            "description": "MODEL_CARD.md of the served bundle",
+            "content": {"text/markdown": {"schema": {"type": "string"}}},
+        },
+        404: {**error_responses(404)[404], "description": f"The served bundle has no {MODEL_CARD_FILENAME}"},
+    },
 )
 async def model_card(request: Request) -> PlainTextResponse:
     path = Path(request.app.state.settings.model_dir) / MODEL_CARD_FILENAME
