@@ -61,6 +61,11 @@ def expected_label(probability: float, threshold: float) -> str:
 
 def test_the_page_shows_the_disclaimer_the_model_and_its_operating_points(page, service):
     response = page.goto("/")
+    for _ in range(10):  # the file picker is reachable from the keyboard, after the header's links
+        page.keyboard.press("Tab")
+        if page.evaluate("() => document.activeElement.id") == "file-input":
+            break
+    assert page.evaluate("() => document.activeElement.id") == "file-input"
     assert response.status == 200
     assert "default-src 'none'" in response.headers["content-security-policy"]
     disclaimer = page.locator("#disclaimer")
@@ -122,6 +127,12 @@ def test_switching_the_operating_point_relabels_without_uploading_again(page, tr
     probability = answer.value.json()["probability"]
     wait_for_result(page)
     points = page.request.get("/model").json()["operating_points"]
+    # from the keyboard: the next operating point
+    before = page.input_value("#operating-point")
+    page.focus("#operating-point")
+    page.keyboard.press("ArrowDown")
+    chosen = next(p for p in points if p["name"] == page.input_value("#operating-point"))
+    assert chosen["name"] != before and page.inner_text("#threshold-text") == f"threshold {chosen['threshold']:.3f}"
     for point in sorted(points, key=lambda p: p["threshold"]):
         page.select_option("#operating-point", point["name"])
         assert page.inner_text("#threshold-text") == f"threshold {point['threshold']:.3f}"
