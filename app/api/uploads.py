@@ -2,14 +2,18 @@
 
 `UploadLimitMiddleware` (pure ASGI) rejects a request whose Content-Length exceeds the limit before reading
 it, and otherwise counts body bytes as they arrive, aborting with 413 once more than the limit has been
-received, with or without Content-Length (chunked bodies). `read_upload` parses multipart/form-data with
-python-multipart's streaming parser straight into memory: no `UploadFile`, no SpooledTemporaryFile, so an
-upload never touches the disk. File names are never read out of the part headers, let alone logged.
+received, with or without Content-Length (chunked bodies). `read_upload` accepts two forms:
+- multipart/form-data with one field `file`, parsed with python-multipart's streaming parser straight into
+  memory: no `UploadFile`, no SpooledTemporaryFile, so an upload never touches the disk. File names are never
+  read out of the part headers, let alone logged;
+- the raw body, with Content-Type image/jpeg, image/png or application/dicom (the form model servers use).
+  The Content-Type only selects this form: the format is still sniffed from the bytes.
+Both pass through the same size limit and end in the same decode, so they fail with the same errors.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import Request
 from python_multipart.multipart import MultipartParser, parse_options_header
@@ -17,13 +21,20 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.errors import ApiError, UploadTooLargeError, error_body
 
+if TYPE_CHECKING:
+    from python_multipart.multipart import MultipartCallbacks
+
 FILE_FIELD = "file"
 # After the limit is hit, keep reading (and discarding) up to this much more so the client sees the 413
 # instead of a reset connection; beyond that the connection is simply dropped.
 DRAIN_LIMIT_BYTES = 8 * 1024 * 1024
 
-MULTIPART_REQUEST_BODY: dict[str, Any] = {
+RAW_MEDIA_TYPES = ("image/jpeg", "image/png", "application/dicom")
+_RAW_MEDIA_TYPES = frozenset(t.encode() for t in RAW_MEDIA_TYPES)
+
+UPLOAD_REQUEST_BODY: dict[str, Any] = {
     "required": True,
+    "description": "One chest X-ray, either as multipart field `file` or as the raw body with its Content-Type.",
     "content": {
         "multipart/form-data": {
             "schema": {
@@ -37,7 +48,8 @@ MULTIPART_REQUEST_BODY: dict[str, Any] = {
                     }
                 },
             }
-        }
+        },
+        **{media_type: {"schema": {"type": "string", "format": "binary"}} for media_type in RAW_MEDIA_TYPES},
     },
 }
 
@@ -98,7 +110,11 @@ async def _send_413(send: Send, limit: int) -> None:
         {
             "type": "http.response.start",
             "status": 413,
-            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), (b"connection", b"close")],
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ],
         }
     )
     await send({"type": "http.response.body", "body": body})
@@ -115,7 +131,7 @@ class _FilePartCollector:
         self._headers: dict[bytes, bytes] = {}
         self._current: bytearray | None = None
 
-    def callbacks(self) -> dict[str, Any]:
+    def callbacks(self) -> MultipartCallbacks:
         return {
             "on_part_begin": self._part_begin,
             "on_header_field": lambda data, start, end: self._header_field.extend(data[start:end]),
@@ -149,15 +165,22 @@ class _FilePartCollector:
 
 
 async def read_upload(request: Request) -> bytes:
-    """Return the bytes of the single multipart field `file`, or raise an `ApiError` saying what is wrong."""
+    """Return the uploaded file's bytes (raw body or multipart field `file`), or raise an `ApiError`."""
     content_type, options = parse_options_header(request.headers.get("content-type", ""))
+    if content_type in _RAW_MEDIA_TYPES:
+        return await request.body()  # an empty body is refused by decode_image, as an empty multipart file is
     if content_type != b"multipart/form-data":
         raise ApiError(
             415,
             "unsupported_media_type",
-            "Send the image as multipart/form-data with a field named 'file' "
-            "(e.g. curl -F file=@xray.jpg ...).",
+            "Send the image as multipart/form-data with a field named 'file' (e.g. curl -F file=@xray.jpg ...), "
+            f"or as the request body with Content-Type {', '.join(RAW_MEDIA_TYPES)} "
+            "(e.g. curl --data-binary @xray.jpg -H 'Content-Type: image/jpeg' ...).",
         )
+    return await _read_multipart(request, options)
+
+
+async def _read_multipart(request: Request, options: dict[bytes, bytes]) -> bytes:
     boundary = options.get(b"boundary")
     if not boundary:
         raise ApiError(400, "malformed_multipart", "The multipart/form-data Content-Type has no boundary.")
@@ -171,10 +194,16 @@ async def read_upload(request: Request) -> bytes:
     except ApiError:
         raise
     except Exception as exc:  # python-multipart raises MultipartParseError and friends
-        raise ApiError(400, "malformed_multipart", f"The multipart body could not be parsed ({type(exc).__name__}).") from exc
+        raise ApiError(
+            400, "malformed_multipart", f"The multipart body could not be parsed ({type(exc).__name__})."
+        ) from exc
     if len(collector.files) > 1:
-        raise ApiError(400, "too_many_files", f"Send exactly one file in the field '{FILE_FIELD}'; got {len(collector.files)}.")
+        raise ApiError(
+            400, "too_many_files", f"Send exactly one file in the field '{FILE_FIELD}'; got {len(collector.files)}."
+        )
     if not collector.files:
-        got = f" (got fields: {', '.join(repr(n) for n in collector.other_fields[:5])})" if collector.other_fields else ""
+        got = (
+            f" (got fields: {', '.join(repr(n) for n in collector.other_fields[:5])})" if collector.other_fields else ""
+        )
         raise ApiError(422, "missing_file", f"The multipart form has no field named '{FILE_FIELD}'{got}.")
     return bytes(collector.files[0])

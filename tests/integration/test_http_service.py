@@ -99,7 +99,8 @@ def test_bad_inputs_get_helpful_4xx_json_and_the_service_stays_ready(client, sam
         "not an image": (upload(client, b"%PDF-1.4 definitely not an x-ray" * 10), 415, "unsupported_format"),
         "truncated jpeg": (upload(client, jpeg[: len(jpeg) // 3]), 422, "corrupt_image"),
         "decompression bomb": (upload(client, png_bomb()), 413, "too_many_pixels"),
-        "not multipart": (client.post("/predict", content=jpeg, headers={"content-type": "image/jpeg"}), 415, None),
+        "not multipart": (client.post("/predict", content=jpeg, headers={"content-type": "application/json"}), 415,
+                          "unsupported_media_type"),
     }
     for name, (response, status, code) in cases.items():
         assert response.status_code == status, (name, response.text)

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Path, Query, Request, Response
 from app.api.deps import DecisionDep, ServiceDep
 from app.api.errors import ApiError, error_responses
 from app.api.routes.predict import prediction_fields
-from app.api.uploads import MULTIPART_REQUEST_BODY, read_upload
+from app.api.uploads import UPLOAD_REQUEST_BODY, read_upload
 from app.bundle import RESEARCH_DISCLAIMER
 from app.schemas import Explanation
 from app.service import Analysis, ModelService
@@ -50,7 +50,7 @@ def _respond(service: ModelService, analysis: Analysis, decision, fmt: str) -> E
     summary="Prediction plus a Grad-CAM overlay (research use only)",
     description="Same input as /predict. The heatmap shows which regions drove the model's logit; it is not a "
     "localisation of disease.",
-    openapi_extra={"requestBody": MULTIPART_REQUEST_BODY},
+    openapi_extra={"requestBody": UPLOAD_REQUEST_BODY},
     responses={**error_responses(400, 413, 415, 422, 503), **PNG_RESPONSE},
 )
 async def explain(request: Request, service: ServiceDep, decision: DecisionDep, format: FormatQuery = "json"):
@@ -62,7 +62,7 @@ async def explain(request: Request, service: ServiceDep, decision: DecisionDep, 
 @router.get(
     "/explain/{prediction_id}",
     response_model=Explanation,
-    summary="Grad-CAM overlay for a recent /predict, from the in-memory cache",
+    summary="Grad-CAM overlay for a recent /predict, from the prediction store",
     responses={**error_responses(404, 422, 503), **PNG_RESPONSE},
 )
 async def explain_cached(
@@ -75,7 +75,7 @@ async def explain_cached(
     if analysis is None:
         raise ApiError(
             404, "prediction_not_found",
-            "No recent prediction with this id: it is unknown or expired (predictions are kept in memory only, "
-            f"for {service.settings.cache_ttl_s:g} s). Upload the image to POST /explain instead.",
+            "No recent prediction with this id: it is unknown or expired (predictions are kept for "
+            f"{service.settings.cache_ttl_s:g} s, never on disk). Upload the image to POST /explain instead.",
         )
     return _respond(service, analysis, decision, format)

@@ -4,7 +4,7 @@ from fastapi import APIRouter, Request
 
 from app.api.deps import DecisionDep, ServiceDep
 from app.api.errors import error_responses
-from app.api.uploads import MULTIPART_REQUEST_BODY, read_upload
+from app.api.uploads import UPLOAD_REQUEST_BODY, read_upload
 from app.bundle import RESEARCH_DISCLAIMER
 from app.schemas import InputInfo, ModelInfo, Prediction
 from app.service import Analysis, ModelService
@@ -43,9 +43,10 @@ def prediction_fields(service: ModelService, analysis: Analysis, decision) -> di
     "/predict",
     response_model=Prediction,
     summary="P(pneumonia) for one chest X-ray (research use only)",
-    description="Upload one JPEG, PNG or DICOM chest X-ray as multipart field `file`. "
+    description="Upload one JPEG, PNG or DICOM chest X-ray as multipart field `file`, or as the raw body with "
+    "Content-Type image/jpeg, image/png or application/dicom. "
     "Returns the model's probability and the label at the chosen operating point. Not a diagnosis.",
-    openapi_extra={"requestBody": MULTIPART_REQUEST_BODY},
+    openapi_extra={"requestBody": UPLOAD_REQUEST_BODY},
     responses=error_responses(400, 413, 415, 422, 503),
 )
 async def predict(request: Request, service: ServiceDep, decision: DecisionDep) -> Prediction:
