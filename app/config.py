@@ -32,6 +32,14 @@ class Settings(BaseSettings):
     cache_size: int = Field(default=256, ge=0, description="Recent predictions kept for GET /explain/{id}.")
     cache_ttl_s: float = Field(default=600.0, gt=0)
     cache_max_bytes: int = Field(default=512 * MiB, gt=0, description="Memory bound of the prediction cache.")
+    cache_max_entry_bytes: int = Field(
+        default=64 * MiB, gt=0, description="Largest decoded image (bytes of 8-bit pixels) kept for GET /explain/{id}."
+    )
+    cache_url: str | None = Field(
+        default=None,
+        pattern=r"^$|^(redis|rediss|unix)://",
+        description="redis://host:port/db: share predictions between workers and replicas (unset or empty: in memory).",
+    )
     explain_enabled: bool = True
     self_test_tolerance: float = Field(default=PARITY_TOLERANCE, gt=0)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"

@@ -119,6 +119,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             app.state.service = None
+            await service.cache.close()
 
     app = FastAPI(
         title="Pneumonia screening API — RESEARCH USE ONLY",

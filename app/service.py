@@ -27,10 +27,11 @@ from app.bundle import (
     read_metadata,
     verify_file,
 )
-from app.cache import PredictionCache, new_prediction_id
+from app.cache import new_prediction_id
 from app.config import Settings
 from app.imaging import DecodedImage, decode_image, to_model_input
 from app.inference import OnnxClassifier
+from app.store import open_store
 
 log = logging.getLogger("app.service")
 
@@ -109,7 +110,7 @@ class ModelService:
         self.classifier = classifier
         self.gradcam = gradcam
         self.explain_unavailable_reason = explain_unavailable_reason
-        self.cache = PredictionCache(settings.cache_size, settings.cache_ttl_s, max_bytes=settings.cache_max_bytes)
+        self.cache = open_store(settings)  # in memory, or Redis shared by replicas (PNEUMONIA_CACHE_URL)
         self.limiter = ConcurrencyLimiter(settings.max_concurrency, settings.max_queue, on_reject=on_reject)
         self._observe = observe_inference or (lambda kind, seconds: None)
 
@@ -160,12 +161,12 @@ class ModelService:
         async with self.limiter.slot():
             image, probability, png = await to_thread.run_sync(self._analyse_sync, data, explain)
         prediction_id = new_prediction_id()
-        self.cache.put(prediction_id, image, probability)
+        await self.cache.put(prediction_id, image, probability)
         return Analysis(prediction_id=prediction_id, image=image, probability=probability, heatmap_png=png)
 
     async def explain_cached(self, prediction_id: str) -> Analysis | None:
         self._require_explanations()
-        entry = self.cache.get(prediction_id)
+        entry = await self.cache.get(prediction_id)
         if entry is None:
             return None
         async with self.limiter.slot():

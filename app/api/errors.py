@@ -13,6 +13,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from app.bundle import RESEARCH_DISCLAIMER
 from app.imaging import ImageInputError
 from app.service import ExplainUnavailableError, ServiceBusyError
+from app.store import StoreUnavailableError
 
 log = logging.getLogger("app.errors")
 
@@ -61,9 +62,11 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         400: "Bad request (empty file, two files, malformed multipart body)",
         404: "Unknown or expired prediction id",
         413: "Upload or image too large",
-        415: "Not multipart/form-data, or not a JPEG/PNG/DICOM image",
+        415: "Neither multipart/form-data nor a raw image/jpeg, image/png or application/dicom body, or not a "
+        "JPEG/PNG/DICOM image",
         422: "Invalid parameters or an unusable image",
-        503: "Model not ready, explanations unavailable, or the service is busy (see Retry-After)",
+        503: "Model not ready, explanations unavailable, the shared prediction store unreachable, or the service "
+        "is busy (see Retry-After)",
     }
     return {
         s: {"description": descriptions[s], "content": {"application/json": {"schema": ERROR_SCHEMA}}} for s in statuses
@@ -94,6 +97,10 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ExplainUnavailableError)
     async def _no_explain(request: Request, exc: ExplainUnavailableError) -> JSONResponse:
         return error_response(503, "explain_unavailable", str(exc))
+
+    @app.exception_handler(StoreUnavailableError)
+    async def _no_store(request: Request, exc: StoreUnavailableError) -> JSONResponse:
+        return error_response(503, "store_unavailable", str(exc), {"Retry-After": "5"})
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -10,6 +10,7 @@ import pytest
 from app.config import Settings
 from app.main import create_app
 from app.service import ModelService, load_service
+from tests.redis_server import redis_server  # noqa: F401  (re-exported fixture)
 
 
 @pytest.fixture(scope="session")

@@ -6,6 +6,7 @@ integration tests can keep importing them from `conftest`.
 
 from __future__ import annotations
 
+from tests.redis_server import redis_server  # noqa: F401  (re-exported fixture)
 from tests.support import (  # noqa: F401  (re-exported; start_server is a fixture)
     REPO_ROOT,
     START_TIMEOUT_S,
