@@ -36,6 +36,13 @@ class TrainConfig(BaseModel):
     patience: int = Field(4, ge=1)
     augment_strength: float = Field(1.0, ge=0.0, le=3.0)
     budget_minutes: float | None = Field(None, gt=0.0, description="Wall-clock training budget per backbone")
+    class_weighting: Literal["balanced", "none", "resample"] = Field(
+        "balanced",
+        description="Class imbalance: inverse-frequency loss weights, nothing, or class-balanced resampling of the training set",
+    )
+    stress_each_epoch: bool = Field(
+        False, description="Log validation ROC-AUC under each stress perturbation every epoch (history.csv); slower"
+    )
     default_operating_point: OperatingPointName = "sensitivity_95"
     calibrate: bool = Field(True, description="Fit Platt scaling of the logit on validation and bake it into the export")
     bootstrap_samples: int = Field(1000, ge=0)

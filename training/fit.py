@@ -61,19 +61,50 @@ class RandomGamma(keras.layers.Layer):
 
 
 def make_dataset(
-    data: DecodedSet, batch_size: int, *, training: bool, seed: int, augment: keras.Sequential | None = None
+    data: DecodedSet,
+    batch_size: int,
+    *,
+    training: bool,
+    seed: int,
+    augment: keras.Sequential | None = None,
+    balance: bool = False,
 ) -> tf.data.Dataset:
-    """In-memory decoded images -> batched float32 (N, H, W, 3) 0..255 with labels (N, 1); prefetched."""
-    dataset = tf.data.Dataset.from_tensor_slices((data.images, data.labels.astype("float32")[:, None]))
-    if training:
-        dataset = dataset.shuffle(len(data.labels), seed=seed, reshuffle_each_iteration=True)
-    dataset = dataset.batch(batch_size).map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=tf.data.AUTOTUNE)
+    """In-memory decoded images -> batched float32 (N, H, W, 3) 0..255 with labels (N, 1); prefetched.
+
+    `balance` (training only): each epoch draws N images, half from each class (the minority class repeats).
+    """
+    if training and balance:
+        dataset = _balanced(data, seed)
+    else:
+        dataset = tf.data.Dataset.from_tensor_slices((data.images, data.labels.astype("float32")[:, None]))
+        if training:
+            dataset = dataset.shuffle(len(data.labels), seed=seed, reshuffle_each_iteration=True)
+    dataset = dataset.batch(batch_size).map(
+        lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=tf.data.AUTOTUNE
+    )
     if training and augment is not None:
         dataset = dataset.map(
             lambda x, y: (tf.clip_by_value(augment(x, training=True), 0.0, 255.0), y),
             num_parallel_calls=tf.data.AUTOTUNE,
         )
     return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def _balanced(data: DecodedSet, seed: int) -> tf.data.Dataset:
+    """Class-balanced resampling: each class reshuffled and repeated, drawn 50/50, N draws per epoch."""
+    class_weights(data.labels)  # raises when a class is missing: there would be nothing to balance
+    per_class = []
+    for c in (0, 1):
+        images = data.images[data.labels == c]
+        labels = np.full((len(images), 1), c, dtype="float32")
+        dataset = tf.data.Dataset.from_tensor_slices((images, labels))
+        per_class.append(dataset.shuffle(len(images), seed=seed + c, reshuffle_each_iteration=True).repeat())
+    return tf.data.Dataset.sample_from_datasets(per_class, weights=[0.5, 0.5], seed=seed).take(len(data.labels))
+
+
+def loss_class_weights(config: TrainConfig, labels: np.ndarray) -> dict[int, float] | None:
+    """Keras class weights: inverse frequency for 'balanced'; none for 'none' and for 'resample' (the data is balanced)."""
+    return class_weights(labels) if config.class_weighting == "balanced" else None
 
 
 class WallClockBudget(keras.callbacks.Callback):
@@ -94,6 +125,27 @@ class WallClockBudget(keras.callbacks.Callback):
             self.exhausted = True
             self.model.stop_training = True
             log.info("wall-clock budget of %.1f min reached; stopping after validation", self.budget_s / 60)
+
+
+class StressAucLog(keras.callbacks.Callback):
+    """Adds validation ROC-AUC under each stress perturbation (training.stress) to every epoch's logs, so
+    history.csv shows where robustness stops improving. Costs one prediction pass per perturbation."""
+
+    def __init__(self, val: DecodedSet):
+        super().__init__()
+        self.val = val
+
+    def on_epoch_end(self, epoch, logs=None):
+        from sklearn.metrics import roc_auc_score
+
+        from training.stress import perturbed_predictions
+
+        if logs is None:
+            return
+        predictions = perturbed_predictions(self.val.images, lambda images: predict_probabilities(self.model, images))
+        aucs = {name: float(roc_auc_score(self.val.labels, p)) for name, p in predictions.items()}
+        logs.update({f"stress_auc_{name}": auc for name, auc in aucs.items()})
+        logs["stress_min_auc"] = min(aucs.values())
 
 
 class ElapsedTimeLog(keras.callbacks.Callback):
@@ -135,9 +187,12 @@ def fit_backbone(
         dropout=config.dropout,
         bn_momentum=None if pretrained else config.bn_momentum,
     )
-    train_ds = make_dataset(train, config.batch_size, training=True, seed=config.seed, augment=augmentation(config, config.seed))
+    train_ds = make_dataset(
+        train, config.batch_size, training=True, seed=config.seed, augment=augmentation(config, config.seed),
+        balance=config.class_weighting == "resample",
+    )  # fmt: skip
     val_ds = make_dataset(val, config.batch_size, training=False, seed=config.seed)
-    weights = class_weights(train.labels)
+    weights = loss_class_weights(config, train.labels)
     spent_file = model_dir / "spent_seconds.txt"
     clock = WallClockBudget(config.budget_minutes, float(spent_file.read_text()) if spent_file.is_file() else 0.0)
     verbose = 1 if sys.stdout.isatty() else 2
@@ -169,6 +224,7 @@ def fit_backbone(
             ),
             keras.callbacks.EarlyStopping(monitor="val_auc", mode="max", patience=config.patience),
             keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.3, patience=2, min_lr=1e-6),
+            *([StressAucLog(val)] if config.stress_each_epoch else []),  # before CSVLogger, which writes its logs
             clock,
             ElapsedTimeLog(clock),
             keras.callbacks.CSVLogger(str(model_dir / HISTORY_CSV), append=True),
