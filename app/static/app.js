@@ -10,6 +10,11 @@
     roc_auc: "ROC-AUC", pr_auc: "PR-AUC", sensitivity: "Sensitivity", specificity: "Specificity",
     accuracy: "Accuracy", precision: "Precision", f1: "F1", brier: "Brier score", ece: "Calibration error (ECE)",
   };
+  const METHOD_NAMES = {
+    gradcam: "Grad-CAM", gradcam_stride16: "Grad-CAM (stride 16)", gradcam_stride8: "Grad-CAM (stride 8)",
+    gradcam_pp: "Grad-CAM++", hirescam: "HiResCAM", layercam: "LayerCAM", smoothgrad_gradcam: "SmoothGrad Grad-CAM",
+    central_blob: "Central-blob baseline", random: "Random baseline",
+  };
   const state = { model: null, result: null, objectUrl: null };
 
   class ApiProblem extends Error {
@@ -298,9 +303,24 @@
     $("overlay-controls").hidden = isDicom;
     $("no-explanation").hidden = hasMap;
     $("no-explanation").textContent = hasMap ? "" : "Explanations are unavailable on this service: the prediction is shown without a heatmap.";
-    $("map-name").textContent = result.map ? `(${result.map})` : "";
-    if (hasMap) $("overlay").src = `data:image/${result.heatmap_format || "png"};base64,${result.heatmap}`;
+    if (hasMap) {
+      $("overlay").src = `data:image/${result.heatmap_format || "png"};base64,${result.heatmap}`;
+      describeMap(result);
+    }
     setOpacity(isDicom ? 100 : Number($("opacity").value));
+  }
+
+  // The service explains the label it gave at upload time (`explained_class`; services before it explained
+  // PNEUMONIA only). Re-labelling in the page does not change the map, so the class is named, not implied.
+  function describeMap(result) {
+    const explained = result.explained_class || "PNEUMONIA";
+    const method = METHOD_NAMES[result.method] || result.method || "Grad-CAM";
+    const red = explained === "PNEUMONIA"
+      ? "the regions that raised the model's pneumonia score the most"
+      : "the regions that pushed the model's score towards NORMAL (away from pneumonia) the most";
+    $("overlay-caption").textContent = `${method} overlay — explains ${explained}`;
+    $("overlay").alt = `${method} heatmap over the uploaded image: red marks ${red}`;
+    $("legend-red").textContent = red;
   }
 
   // Re-label from the stored probability at the chosen operating point, exactly as the service does

@@ -98,6 +98,8 @@ def test_an_xray_shows_label_probability_heatmap_and_disclaimer(page, traffic):
     assert page.get_attribute("#overlay", "alt") and page.get_attribute("#original", "alt")
     assert page.is_visible("#disclaimer") and page.is_visible(".legend")
     assert "not a localisation of disease" in page.inner_text(".legend")
+    # the map names the class it explains (the label at upload time), whatever the selector says later
+    assert f"explains {body.get('explained_class', 'PNEUMONIA')}" in page.inner_text("#overlay-caption")
     assert page.is_visible("#input-check") and page.inner_text("#input-check").startswith("Input check")
     for warning in body["warnings"]:
         assert warning in page.inner_text("#warnings")
