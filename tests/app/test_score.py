@@ -1,0 +1,145 @@
+"""`python -m app.score` on real files written to a temporary folder: good, bad, nested, resumed."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from app.imaging import decode_image
+from app.score import COLUMNS, UNAVAILABLE, main
+from tests.media import dicom, gray_of, png
+
+GOOD = ("a/normal.jpeg", "b/nested/deeper/pneumonia.png", "c/scan.dcm", "c/extensionless_dicom")
+BAD = {"corrupt.jpeg": "corrupt_image", "b/text_named.png": "unsupported_format", "empty.jpg": "empty_file"}
+IGNORED = ("notes.txt", "c/README")
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory, sample_images) -> Path:
+    root = tmp_path_factory.mktemp("archive")
+    normal = sample_images["NORMAL"][0].read_bytes()
+    gray = gray_of(sample_images["PNEUMONIA"][0])
+    scan = dicom(500 + gray.astype(np.int64) * 12, "MONOCHROME2", slope=1.0, intercept=0.0, center=2000.0, width=3200.0)
+    files = {
+        "a/normal.jpeg": normal,
+        "b/nested/deeper/pneumonia.png": png(Image.fromarray(gray)),
+        "c/scan.dcm": scan,
+        "c/extensionless_dicom": scan,
+        "corrupt.jpeg": normal[: len(normal) // 3],
+        "b/text_named.png": b"this is a text file, not an image\n",
+        "empty.jpg": b"",
+        "notes.txt": b"not an image, and not named like one\n",
+        "c/README": b"no extension and no DICOM magic\n",
+    }
+    for relative, data in files.items():
+        (root / relative).parent.mkdir(parents=True, exist_ok=True)
+        (root / relative).write_bytes(data)
+    return root
+
+
+def score(archive: Path, out: Path, bundle: Path, *extra: str) -> dict[str, dict[str, str]]:
+    assert main([str(archive), "--out", str(out), "--model-dir", str(bundle), "--batch-size", "2", *extra]) == 0
+    return read(out)
+
+
+def read(out: Path) -> dict[str, dict[str, str]]:
+    with out.open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        assert tuple(reader.fieldnames) == COLUMNS
+        rows = list(reader)
+    paths = [r["path"] for r in rows]
+    assert len(paths) == len(set(paths)), "a file was scored twice"
+    return {r["path"]: r for r in rows}
+
+
+def test_every_image_gets_a_row_bad_ones_their_error_code(archive, tmp_path, tiny_bundle, loaded_service):
+    rows = score(archive, tmp_path / "scores.csv", tiny_bundle)
+    assert set(rows) == set(GOOD) | set(BAD)  # recursive; .txt and an extensionless non-DICOM are not images
+    point = loaded_service.metadata.operating_point()
+    for relative in GOOD:
+        row = rows[relative]
+        assert row["error_code"] == "" and row["error_message"] == ""
+        # the service's own decode and model: the probability /predict computes for the same bytes
+        expected = loaded_service.predict_image(decode_image((archive / relative).read_bytes()))
+        assert float(row["probability"]) == pytest.approx(expected, abs=1e-5)
+        assert row["label"] == ("PNEUMONIA" if float(row["probability"]) >= point.threshold else "NORMAL")
+        assert row["operating_point"] == point.name and float(row["threshold"]) == point.threshold  # lossless
+        assert row["input_check_accepted"] == row["input_check_reasons"] == UNAVAILABLE  # no input check yet
+    assert rows["c/scan.dcm"]["probability"] == rows["c/extensionless_dicom"]["probability"]
+    for relative, code in BAD.items():
+        row = rows[relative]
+        assert row["error_code"] == code and row["error_message"], row
+        assert row["probability"] == row["label"] == ""
+
+
+def test_rerun_skips_finished_rows_and_redoes_a_partial_one(archive, tmp_path, tiny_bundle, capfd):
+    out = tmp_path / "scores.csv"
+    complete = score(archive, out, tiny_bundle)
+    lines = out.read_text().splitlines(keepends=True)
+    # as if killed while writing the fourth row: header, three rows, half a line
+    out.write_text("".join(lines[:4]) + lines[4][: len(lines[4]) // 2])
+    capfd.readouterr()
+    resumed = score(archive, out, tiny_bundle)
+    assert "resuming: 3 files already scored" in capfd.readouterr().err
+    assert resumed == complete
+    score(archive, out, tiny_bundle)
+    assert "scored 0 files" in capfd.readouterr().err
+    assert read(out) == complete
+
+
+def test_named_operating_point(archive, tmp_path, tiny_bundle, loaded_service):
+    points = loaded_service.metadata.operating_points
+    chosen = points[-1]
+    rows = score(archive, tmp_path / "scores.csv", tiny_bundle, "--operating-point", chosen.name)
+    assert {r["operating_point"] for r in rows.values() if not r["error_code"]} == {chosen.name}
+    assert main([str(archive), "--out", str(tmp_path / "x.csv"), "--model-dir", str(tiny_bundle),
+                 "--operating-point", "no-such-point"]) == 2  # fmt: skip
+
+
+def test_refuses_a_csv_that_is_not_its_own(archive, tmp_path, tiny_bundle):
+    out = tmp_path / "other.csv"
+    out.write_text("name,value\nx,1\n")
+    with pytest.raises(SystemExit, match="not a scores CSV"):
+        main([str(archive), "--out", str(out), "--model-dir", str(tiny_bundle)])
+    assert out.read_text() == "name,value\nx,1\n"
+
+
+def test_overlays_one_png_per_decodable_image(archive, tmp_path, tiny_bundle):
+    overlays = tmp_path / "overlays"
+    rows = score(archive, tmp_path / "scores.csv", tiny_bundle, "--overlays", str(overlays))
+    written = sorted(p.relative_to(overlays).as_posix() for p in overlays.rglob("*.png"))
+    assert written == sorted(f"{r}.png" for r in GOOD)
+    for relative in GOOD:
+        image = decode_image((archive / relative).read_bytes())
+        assert Image.open(overlays / f"{relative}.png").size == (image.width, image.height)
+    assert set(rows) == set(GOOD) | set(BAD)
+
+
+def test_module_entry_point_runs(archive, tmp_path, tiny_bundle):
+    """`python -m app.score` as a researcher runs it: a fresh process, progress and summary on stderr."""
+    out = tmp_path / "scores.csv"
+    result = subprocess.run(
+        [sys.executable, "-m", "app.score", str(archive / "a"), "--out", str(out), "--model-dir", str(tiny_bundle)],
+        capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parents[2],
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "RESEARCH USE ONLY" in result.stderr.upper() and "1/1 files" in result.stderr
+    assert set(read(out)) == {"normal.jpeg"}
+    bad = subprocess.run([sys.executable, "-m", "app.score", str(archive / "notes.txt"), "--out", str(out)],
+                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert bad.returncode == 2 and "not a directory" in bad.stderr
+
+
+def test_parallel_workers_write_the_same_rows_in_the_same_order(archive, tmp_path, tiny_bundle):
+    serial = tmp_path / "serial.csv"
+    parallel = tmp_path / "parallel.csv"
+    assert main([str(archive), "--out", str(serial), "--model-dir", str(tiny_bundle), "--threads", "1"]) == 0
+    assert main([str(archive), "--out", str(parallel), "--model-dir", str(tiny_bundle), "--threads", "3",
+                 "--batch-size", "1"]) == 0  # fmt: skip
+    assert serial.read_text() == parallel.read_text()
