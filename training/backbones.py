@@ -17,13 +17,15 @@ from pathlib import Path
 import keras
 from keras import layers
 
+from training.errors import TrainingError
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 LOGIT_LAYER = "logit"
 PROBABILITY_LAYER = "probability"
 
 
-class WeightsError(RuntimeError):
+class WeightsError(TrainingError):
     """A weights file that does not exist or does not fit the requested backbone."""
 
 
@@ -102,11 +104,15 @@ def load_backbone_weights(model: keras.Model, backbone: Backbone, image_size: in
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            reference = backbone.application(include_top=False, weights=weights, input_shape=(image_size, image_size, 3))
+            reference = backbone.application(
+                include_top=False, weights=weights, input_shape=(image_size, image_size, 3)
+            )
     except (ValueError, KeyError, OSError, TypeError) as exc:
         raise WeightsError(f"weights {weights} do not fit {backbone.name}: {exc}") from exc
     # Keras 3 loads a .weights.h5 of another architecture with only a warning, leaving layers random.
-    partial = [str(w.message) for w in caught if "freshly-initialized" in str(w.message) or "Skipping" in str(w.message)]
+    partial = [
+        str(w.message) for w in caught if "freshly-initialized" in str(w.message) or "Skipping" in str(w.message)
+    ]
     if partial:
         raise WeightsError(f"weights {weights} do not fit {backbone.name}: {partial[0][:200]}")
     copied = 0

@@ -9,11 +9,13 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from training.errors import TrainingError
+
 OperatingPointName = Literal["youden", "max_f1", "sensitivity_95", "balanced_0.5", "stress_youden"]
 BACKBONE_NAMES = ("densenet121", "resnet50", "efficientnetb0", "mobilenetv2")
 
 
-class ConfigError(ValueError):
+class ConfigError(TrainingError):
     pass
 
 
@@ -44,7 +46,9 @@ class TrainConfig(BaseModel):
         False, description="Log validation ROC-AUC under each stress perturbation every epoch (history.csv); slower"
     )
     default_operating_point: OperatingPointName = "sensitivity_95"
-    calibrate: bool = Field(True, description="Fit Platt scaling of the logit on validation and bake it into the export")
+    calibrate: bool = Field(
+        True, description="Fit Platt scaling of the logit on validation and bake it into the export"
+    )
     bootstrap_samples: int = Field(1000, ge=0)
     decode_workers: int = Field(4, ge=1)
 

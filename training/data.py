@@ -21,6 +21,8 @@ import numpy as np
 
 from app.bundle import CLASS_NAMES
 from app.imaging import ImageInputError, load_model_input
+from training.config import TrainConfig
+from training.errors import TrainingError
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +36,7 @@ _PATIENT_PATTERNS = (
 )
 
 
-class DatasetError(RuntimeError):
+class DatasetError(TrainingError):
     """The dataset cannot be used as given; the message says what to fix."""
 
 
@@ -217,3 +219,11 @@ def class_weights(labels: np.ndarray) -> dict[int, float]:
     if (counts == 0).any():
         raise DatasetError(f"training data lacks a class: counts {counts.tolist()}")
     return {i: float(len(labels) / (len(CLASS_NAMES) * c)) for i, c in enumerate(counts)}
+
+
+def decode_subset(samples: list[Sample], config: TrainConfig, name: str) -> DecodedSet:
+    """A subset of the split decoded at the run's image size; skipped files are logged with their count."""
+    decoded = decode_samples(samples, (config.image_size, config.image_size), workers=config.decode_workers, desc=name)
+    if decoded.skipped:
+        log.warning("%s: skipped %d unreadable image(s) of %d", name, len(decoded.skipped), len(samples))
+    return decoded

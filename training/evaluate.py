@@ -11,29 +11,37 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from app.bundle import LogitCalibration
 from training import report
-from training.data import DecodedSet, find_split_dir, scan_split
-from training.fit import BEST_CHECKPOINT, DONE_MARKER, predict_probabilities
+from training.data import DecodedSet, decode_subset, find_split_dir, scan_split
+from training.fit import predict_probabilities
+from training.layout import (
+    BEST_CHECKPOINT,
+    EVALUATION_FILE,
+    PREDICTIONS_FILE,
+    gradcam_grid_file,
+    model_dirs,
+    read_config,
+    read_data_summary,
+    read_run_split,
+    read_training_summary,
+)
 from training.metrics import (
     binary_metrics,
-    expected_calibration_error,
     calibrate,
+    expected_calibration_error,
     fit_platt,
     logits_from_probabilities,
     operating_points,
     split_metrics,
 )
-from training.run import decode_subset, model_dirs, read_config, read_data_summary, read_run_split
 from training.stress import perturbed_predictions, stress_report
 
 log = logging.getLogger(__name__)
-
-EVALUATION_FILE = "evaluation.json"
-PREDICTIONS_FILE = "predictions.npz"
 
 
 def _test_samples(run_dir: Path, data_dir: Path | None) -> list:
@@ -71,7 +79,9 @@ def evaluate_model(model_dir: Path, val: DecodedSet, test: DecodedSet | None, co
     perturbed = perturbed_predictions(val.images, predictor)
     points = operating_points(val.labels, p_val, perturbed)
     default = next(p for p in points if p.name == config.default_operating_point)
-    validation = split_metrics("validation", val.labels, p_val, default.threshold, samples=config.bootstrap_samples, seed=config.seed)
+    validation = split_metrics(
+        "validation", val.labels, p_val, default.threshold, samples=config.bootstrap_samples, seed=config.seed
+    )
     stress = stress_report(val.labels, perturbed, default.threshold, binary_metrics)
     evaluation = {
         "backbone": model_dir.name,
@@ -81,12 +91,14 @@ def evaluate_model(model_dir: Path, val: DecodedSet, test: DecodedSet | None, co
         "operating_points": [p.model_dump() for p in points],
         "validation": validation.model_dump(),
         "stress": stress,
-        "training": json.loads((model_dir / DONE_MARKER).read_text()) if (model_dir / DONE_MARKER).is_file() else {},
+        "training": read_training_summary(model_dir),
     }
-    arrays = {"val_y": val.labels, "val_p": p_val, "val_p_uncalibrated": raw_val}
+    arrays: dict[str, Any] = {"val_y": val.labels, "val_p": p_val, "val_p_uncalibrated": raw_val}
     if test is not None:
         p_test = predictor(test.images)
-        test_metrics = split_metrics("test", test.labels, p_test, default.threshold, samples=config.bootstrap_samples, seed=config.seed)
+        test_metrics = split_metrics(
+            "test", test.labels, p_test, default.threshold, samples=config.bootstrap_samples, seed=config.seed
+        )
         evaluation["test"] = test_metrics.model_dump()
         arrays.update(test_y=test.labels, test_p=p_test)
     (model_dir / EVALUATION_FILE).write_text(json.dumps(evaluation, indent=2))
@@ -113,5 +125,5 @@ def evaluate_models(run_dir: Path, data_dir: Path | None) -> dict:
         raise report.ReportError(f"{run_dir}: no trained model to evaluate (run `train` first)")
     comparison = report.write_comparison(run_dir, evaluations, config, summary)
     best = comparison["best"]
-    report.gradcam_grid(run_dir / "models" / best, val, evaluations[best], run_dir / f"gradcam_grid_{best}.png")
+    report.gradcam_grid(model_dirs(run_dir)[best], val, evaluations[best], run_dir / gradcam_grid_file(best))
     return comparison

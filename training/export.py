@@ -6,10 +6,12 @@ check passes, so a failed export never leaves a half-written bundle behind (or d
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -18,11 +20,11 @@ from app.bundle import (
     KERAS_FILENAME,
     MODEL_CARD_FILENAME,
     ONNX_FILENAME,
+    PARITY_TOLERANCE,
     BundleMetadata,
     DataSummary,
     FileChecksums,
     LogitCalibration,
-    PARITY_TOLERANCE,
     OperatingPoint,
     Preprocessing,
     SplitMetrics,
@@ -30,27 +32,80 @@ from app.bundle import (
     utc_now,
     write_metadata,
 )
+from training import layout, provenance
 from training.backbones import BACKBONES, LOGIT_LAYER
+from training.config import TrainConfig
 from training.data import decode_samples
-from training.evaluate import EVALUATION_FILE, PREDICTIONS_FILE
-from training.fit import BEST_CHECKPOINT
+from training.errors import TrainingError
 from training.metrics import split_metrics
-from training.run import MODELS_DIR, read_config, read_data_summary, read_run_split
 
 log = logging.getLogger(__name__)
 
 ONNX_INPUT_NAME = "image"
 ONNX_OPSET = 17
 PARITY_IMAGES = 64
+# Below this validation ROC-AUC a model is near chance: `export` refuses it unless forced.
+MIN_VALIDATION_AUC = 0.6
 
 INTENDED_USE = (
-    "Research and education: exploring how a convolutional network trained on pediatric chest X-rays "
-    "separates pneumonia from normal images, and inspecting its Grad-CAM explanations. Not for clinical use."
+    "Research and education: exploring how a convolutional network trained on chest X-rays separates "
+    "pneumonia from normal images, and inspecting its Grad-CAM explanations. Not for clinical use."
 )
 
 
-class ExportError(RuntimeError):
+class ExportError(TrainingError):
     pass
+
+
+@dataclass(frozen=True)
+class RunModel:
+    """What a run says about one of its trained and evaluated models."""
+
+    backbone: str
+    config: TrainConfig
+    evaluation: dict[str, Any]
+    data_summary: dict[str, Any]
+
+    @property
+    def validation_auc(self) -> float:
+        return float(self.evaluation["validation"]["metrics"]["roc_auc"]["value"])
+
+
+@dataclass(frozen=True)
+class Conversion:
+    """The ONNX graph's tensor names and how closely it agreed with the Keras model."""
+
+    input_name: str
+    output_name: str
+    parity_max_abs_diff: float
+    parity_tolerance: float
+
+
+def read_run_model(run_dir: Path, backbone: str | None) -> RunModel:
+    if not (run_dir / layout.COMPARISON_JSON).is_file():
+        raise ExportError(
+            f"{run_dir}: no {layout.COMPARISON_JSON}; run `python -m training evaluate --run {run_dir}` first"
+        )
+    name = backbone or layout.read_comparison(run_dir)["best"]
+    model_dir = layout.model_dir(run_dir, name)
+    if not (model_dir / layout.EVALUATION_FILE).is_file() or not (model_dir / layout.BEST_CHECKPOINT).is_file():
+        raise ExportError(f"{model_dir}: model {name!r} is not trained and evaluated in this run")
+    return RunModel(
+        name, layout.read_config(run_dir), layout.read_evaluation(model_dir), layout.read_data_summary(run_dir)
+    )
+
+
+def check_quality(run: RunModel, *, force: bool) -> None:
+    """Refuse a model near chance on validation unless forced; a forced one is exported with a loud warning."""
+    if run.validation_auc >= MIN_VALIDATION_AUC:
+        return
+    message = (
+        f"{run.backbone}: validation ROC-AUC {run.validation_auc:.3f} is below {MIN_VALIDATION_AUC}: "
+        "the model is near chance"
+    )
+    if not force:
+        raise ExportError(f"{message}; train it longer or on more data, or pass --force to export it anyway")
+    log.warning("WARNING: %s; exporting anyway because of --force", message)
 
 
 def bake_calibration(model, calibration: LogitCalibration):
@@ -88,29 +143,104 @@ def parity_check(onnx_path: Path, keras_model, images: np.ndarray, tolerance: fl
     return difference
 
 
-def limitations(config, data_summary: dict) -> list[str]:
+def weights_origin(weights: str) -> str:
+    """'none', 'imagenet', or the file name of local weights (a training machine's path says nothing)."""
+    return weights if weights in ("none", "imagenet") else f"local file {Path(weights).name}"
+
+
+def limitations(config: TrainConfig, data_summary: dict[str, Any], about: dict[str, str]) -> list[str]:
+    train_counts = data_summary["counts"]["train"]
+    population = (
+        f"Trained on {about['population'].rstrip('.')} (as the dataset card describes it)"
+        if about["population"]
+        else f"Trained on one dataset ({about['dataset']}) whose population its card does not describe"
+    )
     items = [
-        "Trained on pediatric (age 1-5) anterior-posterior chest X-rays from a single hospital "
-        "(Guangzhou Women and Children's Medical Center); not validated on adults, other sites, devices or populations.",
+        f"{population}; not validated on other populations, sites or devices.",
         "Not externally validated. All metrics come from a patient-level validation split of the same dataset, "
         "which flatters: expect lower performance elsewhere.",
         "Operating points were tuned on validation data; the positive fraction of the data "
-        f"({data_summary['counts']['train']['PNEUMONIA']} of {sum(data_summary['counts']['train'].values())} training images) "
+        f"({train_counts['PNEUMONIA']} of {sum(train_counts.values())} training images) "
         "is far above any screening population, so predictive values do not transfer.",
         "Grad-CAM heatmaps show which regions drove the score; they are coarse and are not lesion localisation.",
         f"Images are reduced to {config.image_size}x{config.image_size} grayscale; fine detail is lost.",
         "Bacterial and viral pneumonia are merged into one class; other findings are out of scope.",
     ]
     if config.weights == "none":
-        items.insert(0, "Trained from scratch without ImageNet weights (they could not be downloaded on the training machine).")
+        items.insert(0, "Trained from scratch: no pretrained (ImageNet) weights were used.")
     return items
 
 
-def _validation_at(point: OperatingPoint, model_dir: Path, evaluation: dict, config) -> SplitMetrics:
-    if point.name == evaluation["default_operating_point"]:
-        return SplitMetrics.model_validate(evaluation["validation"])
-    arrays = np.load(model_dir / PREDICTIONS_FILE)
-    return split_metrics("validation", arrays["val_y"], arrays["val_p"], point.threshold, samples=config.bootstrap_samples, seed=config.seed)
+def validation_at(point: OperatingPoint, run_dir: Path, run: RunModel) -> SplitMetrics:
+    """Validation metrics at `point`: the evaluation's own at its default point, else recomputed from predictions."""
+    if point.name == run.evaluation["default_operating_point"]:
+        return SplitMetrics.model_validate(run.evaluation["validation"])
+    arrays = np.load(layout.model_dir(run_dir, run.backbone) / layout.PREDICTIONS_FILE)
+    config = run.config
+    return split_metrics(
+        "validation",
+        arrays["val_y"],
+        arrays["val_p"],
+        point.threshold,
+        samples=config.bootstrap_samples,
+        seed=config.seed,
+    )
+
+
+def build_metadata(
+    run: RunModel,
+    *,
+    default_point: str,
+    validation: SplitMetrics,
+    conversion: Conversion,
+    checksums: FileChecksums,
+    created_at: datetime,
+) -> BundleMetadata:
+    """The bundle's metadata from the run's records alone (no I/O): config, evaluation, data and provenance."""
+    config, evaluation, data_summary = run.config, run.evaluation, run.data_summary
+    about = provenance.describe(data_summary.get("provenance", {}), data_summary["data_dir"])
+    fitted = evaluation.get("training", {})
+    record = data_summary.get("provenance", {})
+    return BundleMetadata(
+        name=f"{run.backbone}-{config.image_size}",
+        version=created_at.strftime("%Y%m%d-%H%M%S"),
+        backbone=run.backbone,
+        package_version=__version__,
+        created_at=created_at,
+        preprocessing=Preprocessing(input_height=config.image_size, input_width=config.image_size),
+        onnx_input_name=conversion.input_name,
+        onnx_output_name=conversion.output_name,
+        gradcam_layer=BACKBONES[run.backbone].gradcam_layer,
+        logit_layer=LOGIT_LAYER,
+        calibration=LogitCalibration.model_validate(evaluation["calibration"]),
+        default_operating_point=default_point,
+        operating_points=[OperatingPoint.model_validate(p) for p in evaluation["operating_points"]],
+        validation=validation,
+        stress=evaluation["stress"],
+        training={
+            **config.model_dump(mode="json"),  # the whole validated recipe
+            "weights": weights_origin(config.weights),
+            "epochs_run": fitted.get("epochs_run"),
+            "best_epoch": fitted.get("best_epoch"),
+            "train_seconds": fitted.get("train_seconds"),
+            "parity_max_abs_diff": conversion.parity_max_abs_diff,
+            "parity_tolerance": conversion.parity_tolerance,
+        },
+        data=DataSummary(
+            dataset=about["dataset"],
+            source=about["source"],
+            licence=about["licence"],
+            split_method=data_summary["split_method"],
+            split_seed=data_summary["split_seed"],
+            counts=data_summary["counts"],
+            card=record.get("card"),
+            content_sha256=record.get("content_sha256"),
+            files=record.get("files"),
+        ),
+        intended_use=INTENDED_USE,
+        limitations=limitations(config, data_summary, about),
+        checksums=checksums,
+    )
 
 
 def export_bundle(
@@ -120,84 +250,33 @@ def export_bundle(
     model_name: str | None = None,
     operating_point: str | None = None,
     parity_tolerance: float = PARITY_TOLERANCE,
+    force: bool = False,
 ) -> Path:
-    import keras
-
+    """Write the bundle of one model of a run: staged, parity-checked, then moved into place."""
     run_dir, out_dir = Path(run_dir), Path(out_dir)
-    comparison_path = run_dir / "comparison.json"
-    if not comparison_path.is_file():
-        raise ExportError(f"{run_dir}: no comparison.json; run `python -m training evaluate --run {run_dir}` first")
-    name = model_name or json.loads(comparison_path.read_text())["best"]
-    model_dir = run_dir / MODELS_DIR / name
-    if not (model_dir / EVALUATION_FILE).is_file() or not (model_dir / BEST_CHECKPOINT).is_file():
-        raise ExportError(f"{model_dir}: model {name!r} is not trained and evaluated in this run")
-    evaluation = json.loads((model_dir / EVALUATION_FILE).read_text())
-    config = read_config(run_dir)
-    data_summary = read_data_summary(run_dir)
-    points = [OperatingPoint.model_validate(p) for p in evaluation["operating_points"]]
-    default_name = operating_point or evaluation["default_operating_point"]
-    if default_name not in {p.name for p in points}:
-        raise ExportError(f"unknown operating point {default_name!r}; choose from {[p.name for p in points]}")
-    default_point = next(p for p in points if p.name == default_name)
+    run = read_run_model(run_dir, model_name)
+    points = {p["name"]: OperatingPoint.model_validate(p) for p in run.evaluation["operating_points"]}
+    default_name = operating_point or run.evaluation["default_operating_point"]
+    if default_name not in points:
+        raise ExportError(f"unknown operating point {default_name!r}; choose from {list(points)}")
+    check_quality(run, force=force)
+    validation = validation_at(points[default_name], run_dir, run)
 
     staging = out_dir.with_name(out_dir.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:
-        calibration = LogitCalibration.model_validate(evaluation["calibration"])
-        model = bake_calibration(keras.models.load_model(model_dir / BEST_CHECKPOINT, compile=False), calibration)
-        model.save(staging / KERAS_FILENAME)
-        input_name, output_name = convert_to_onnx(model, config.image_size, staging / ONNX_FILENAME)
-
-        val_samples = read_run_split(run_dir)["val"][:PARITY_IMAGES]
-        probe = decode_samples(val_samples, (config.image_size, config.image_size), desc="parity")
-        difference = parity_check(staging / ONNX_FILENAME, model, probe.images, parity_tolerance)
-        log.info("ONNX/Keras parity on %d validation images: max |dp| = %.2e", len(probe.labels), difference)
-
-        training_info = evaluation.get("training", {})
-        metadata = BundleMetadata(
-            name=f"{name}-{config.image_size}",
-            version=utc_now().strftime("%Y%m%d-%H%M%S"),
-            backbone=name,
-            package_version=__version__,
+        conversion = _write_models(run_dir, run, staging, parity_tolerance)
+        checksums = FileChecksums(
+            onnx_sha256=sha256_file(staging / ONNX_FILENAME), keras_sha256=sha256_file(staging / KERAS_FILENAME)
+        )
+        metadata = build_metadata(
+            run,
+            default_point=default_name,
+            validation=validation,
+            conversion=conversion,
+            checksums=checksums,
             created_at=utc_now(),
-            preprocessing=Preprocessing(input_height=config.image_size, input_width=config.image_size),
-            onnx_input_name=input_name,
-            onnx_output_name=output_name,
-            gradcam_layer=BACKBONES[name].gradcam_layer,
-            logit_layer=LOGIT_LAYER,
-            calibration=calibration,
-            default_operating_point=default_name,
-            operating_points=points,
-            validation=_validation_at(default_point, model_dir, evaluation, config),
-            stress=evaluation["stress"],
-            training={
-                "image_size": config.image_size,
-                "weights": "imagenet" if config.weights == "imagenet" else ("none" if config.weights == "none" else "local file"),
-                "epochs_run": training_info.get("epochs_run"),
-                "best_epoch": training_info.get("best_epoch"),
-                "train_seconds": training_info.get("train_seconds"),
-                "batch_size": config.batch_size,
-                "learning_rate": config.learning_rate,
-                "augment_strength": config.augment_strength,
-                "bn_momentum": config.bn_momentum,
-                "seed": config.seed,
-                "parity_max_abs_diff": difference,
-                "parity_tolerance": parity_tolerance,
-            },
-            data=DataSummary(
-                dataset="Chest X-Ray Images (Pneumonia), Kermany et al. 2018 (pediatric, Guangzhou)",
-                source="Kermany, Zhang, Goldbaum (2018), Mendeley Data v2, doi:10.17632/rscbjbr9sj.2",
-                licence="CC BY 4.0",
-                split_method=data_summary["split_method"],
-                split_seed=data_summary["split_seed"],
-                counts=data_summary["counts"],
-            ),
-            intended_use=INTENDED_USE,
-            limitations=limitations(config, data_summary),
-            checksums=FileChecksums(
-                onnx_sha256=sha256_file(staging / ONNX_FILENAME), keras_sha256=sha256_file(staging / KERAS_FILENAME)
-            ),
         )
         write_metadata(staging, metadata)
         (staging / MODEL_CARD_FILENAME).write_text(model_card(metadata))
@@ -206,6 +285,24 @@ def export_bundle(
         raise
     _replace_directory(staging, out_dir)
     return out_dir
+
+
+def _write_models(run_dir: Path, run: RunModel, staging: Path, parity_tolerance: float) -> Conversion:
+    """model.keras (calibration baked in) and model.onnx converted from it, checked against each other."""
+    import keras
+
+    image_size = run.config.image_size
+    calibration = LogitCalibration.model_validate(run.evaluation["calibration"])
+    checkpoint = layout.model_dir(run_dir, run.backbone) / layout.BEST_CHECKPOINT
+    model = bake_calibration(keras.models.load_model(checkpoint, compile=False), calibration)
+    model.save(staging / KERAS_FILENAME)
+    input_name, output_name = convert_to_onnx(model, image_size, staging / ONNX_FILENAME)
+    probe = decode_samples(
+        layout.read_run_split(run_dir)["val"][:PARITY_IMAGES], (image_size, image_size), desc="parity"
+    )
+    difference = parity_check(staging / ONNX_FILENAME, model, probe.images, parity_tolerance)
+    log.info("ONNX/Keras parity on %d validation images: max |dp| = %.2e", len(probe.labels), difference)
+    return Conversion(input_name, output_name, difference, parity_tolerance)
 
 
 def _replace_directory(staging: Path, target: Path) -> None:
@@ -226,7 +323,8 @@ def model_card(metadata: BundleMetadata) -> str:
     """A Markdown model card generated from the metadata alone, so the two cannot disagree."""
     v = metadata.validation
     metric_rows = "\n".join(
-        f"| {key} | {_estimate(v.metrics, key)} |" for key in ("roc_auc", "pr_auc", "sensitivity", "specificity", "accuracy", "precision", "f1", "brier", "ece")
+        f"| {key} | {_estimate(v.metrics, key)} |"
+        for key in ("roc_auc", "pr_auc", "sensitivity", "specificity", "accuracy", "precision", "f1", "brier", "ece")
     )
     point_rows = "\n".join(
         f"| {p.name}{' (default)' if p.name == metadata.default_operating_point else ''} | {p.threshold:.4f} | "
@@ -234,11 +332,18 @@ def model_card(metadata: BundleMetadata) -> str:
         for p in metadata.operating_points
     )
     stress_rows = "\n".join(
-        f"| {name} | {s['roc_auc']:.3f} | {s['sensitivity']:.3f} | {s['specificity']:.3f} |" for name, s in metadata.stress.items()
+        f"| {name} | {s['roc_auc']:.3f} | {s['sensitivity']:.3f} | {s['specificity']:.3f} |"
+        for name, s in metadata.stress.items()
     )
     (tn, fp), (fn, tp) = v.confusion_matrix
-    counts = "; ".join(f"{split}: {c.get('NORMAL', 0)} NORMAL / {c.get('PNEUMONIA', 0)} PNEUMONIA" for split, c in metadata.data.counts.items() if sum(c.values()))
+    counts = "; ".join(
+        f"{split}: {c.get('NORMAL', 0)} NORMAL / {c.get('PNEUMONIA', 0)} PNEUMONIA"
+        for split, c in metadata.data.counts.items()
+        if sum(c.values())
+    )
     limitations_md = "\n".join(f"- {item}" for item in metadata.limitations)
+    data = metadata.data
+    content = f" Content SHA-256 of its {data.files} images: `{data.content_sha256}`." if data.content_sha256 else ""
     return f"""# Model card: {metadata.name}
 
 > **{metadata.disclaimer}**
@@ -256,7 +361,7 @@ def model_card(metadata: BundleMetadata) -> str:
 
 ## Data
 {metadata.data.dataset}. Source: {metadata.data.source}. Licence: {metadata.data.licence}.
-Split: {metadata.data.split_method}. Images: {counts}.
+Split: {metadata.data.split_method}. Images: {counts}.{content}
 
 ## Validation metrics (default operating point `{metadata.default_operating_point}`, threshold {v.threshold:.4f})
 Measured on {v.n_images} validation images ({v.n_positive} PNEUMONIA), 95% stratified bootstrap intervals.

@@ -15,12 +15,16 @@ import tensorflow as tf
 from training.backbones import Backbone, build_classifier, freeze_backbone
 from training.config import TrainConfig
 from training.data import DecodedSet, class_weights
+from training.layout import (
+    BEST_CHECKPOINT,
+    DONE_MARKER,
+    HISTORY_CSV,
+    SPENT_SECONDS,
+    read_history,
+    read_training_summary,
+)
 
 log = logging.getLogger(__name__)
-
-BEST_CHECKPOINT = "best.keras"
-DONE_MARKER = "done.json"
-HISTORY_CSV = "history.csv"
 
 
 def augmentation(config: TrainConfig, seed: int) -> keras.Sequential:
@@ -38,7 +42,9 @@ def augmentation(config: TrainConfig, seed: int) -> keras.Sequential:
         keras.layers.RandomContrast(0.3 * strength, value_range=(0, 255), seed=seed + 3),
         keras.layers.RandomBrightness(0.15 * strength, value_range=(0, 255), seed=seed + 4),
         RandomGamma(0.35 * strength, seed=seed + 5),
-        keras.layers.RandomGaussianBlur(factor=0.5 * strength, kernel_size=3, sigma=1.0, value_range=(0, 255), seed=seed + 6),
+        keras.layers.RandomGaussianBlur(
+            factor=0.5 * strength, kernel_size=3, sigma=1.0, value_range=(0, 255), seed=seed + 6
+        ),
     ]
     return keras.Sequential(steps, name="augmentation")
 
@@ -168,15 +174,13 @@ def _compile(model: keras.Model, learning_rate: float) -> None:
     )
 
 
-def fit_backbone(
-    backbone: Backbone, train: DecodedSet, val: DecodedSet, model_dir: Path, config: TrainConfig
-) -> dict:
+def fit_backbone(backbone: Backbone, train: DecodedSet, val: DecodedSet, model_dir: Path, config: TrainConfig) -> dict:
     """Train one backbone into `model_dir`, resuming from its backup if interrupted. Returns the summary."""
     model_dir.mkdir(parents=True, exist_ok=True)
-    done = model_dir / DONE_MARKER
-    if done.is_file():
-        log.info("%s already trained (%s); skipping", backbone.name, done)
-        return json.loads(done.read_text())
+    finished = read_training_summary(model_dir)
+    if finished:
+        log.info("%s already trained (%s); skipping", backbone.name, model_dir / DONE_MARKER)
+        return finished
 
     keras.utils.set_random_seed(config.seed)
     pretrained = config.weights != "none"
@@ -193,11 +197,12 @@ def fit_backbone(
     )  # fmt: skip
     val_ds = make_dataset(val, config.batch_size, training=False, seed=config.seed)
     weights = loss_class_weights(config, train.labels)
-    spent_file = model_dir / "spent_seconds.txt"
+    spent_file = model_dir / SPENT_SECONDS
     clock = WallClockBudget(config.budget_minutes, float(spent_file.read_text()) if spent_file.is_file() else 0.0)
     verbose = 1 if sys.stdout.isatty() else 2
 
-    phases = [("train", config.epochs, config.learning_rate, None)]
+    # (name, last epoch, learning rate, base layers left trainable: None = all, 0 = frozen base)
+    phases: list[tuple[str, int, float, int | None]] = [("train", config.epochs, config.learning_rate, None)]
     if pretrained:  # head on a frozen base first, then fine-tune the top of the base with a low rate
         head_epochs = min(config.head_epochs, config.epochs)
         phases = [
@@ -215,11 +220,14 @@ def fit_backbone(
         if trainable_top is not None:
             freeze_backbone(model, trainable_top_layers=trainable_top)
         _compile(model, learning_rate)
-        best_so_far = max((row["val_auc"] for row in _read_history(model_dir / HISTORY_CSV) if "val_auc" in row), default=None)
+        best_so_far = max((row["val_auc"] for row in read_history(model_dir) if "val_auc" in row), default=None)
         callbacks = [
             keras.callbacks.BackupAndRestore(str(model_dir / f"backup_{phase}")),
             keras.callbacks.ModelCheckpoint(  # a later phase must beat the earlier phases' best to overwrite it
-                str(model_dir / BEST_CHECKPOINT), monitor="val_auc", mode="max", save_best_only=True,
+                str(model_dir / BEST_CHECKPOINT),
+                monitor="val_auc",
+                mode="max",
+                save_best_only=True,
                 initial_value_threshold=best_so_far,
             ),
             keras.callbacks.EarlyStopping(monitor="val_auc", mode="max", patience=config.patience),
@@ -244,7 +252,7 @@ def fit_backbone(
         phase_done.touch()
         start_epoch = until_epoch
 
-    history = _read_history(model_dir / HISTORY_CSV)
+    history = read_history(model_dir)
     best = max(history, key=lambda row: row.get("val_auc", float("-inf"))) if history else {}
     summary = {
         "backbone": backbone.name,
@@ -256,17 +264,8 @@ def fit_backbone(
         "stopped_by_budget": clock.exhausted,
         "parameters": int(model.count_params()),
     }
-    done.write_text(json.dumps(summary, indent=2))
+    (model_dir / DONE_MARKER).write_text(json.dumps(summary, indent=2))
     return summary
-
-
-def _read_history(path: Path) -> list[dict]:
-    import csv
-
-    if not path.is_file():
-        return []
-    with path.open() as handle:
-        return [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(handle)]
 
 
 def predict_probabilities(model: keras.Model, images: np.ndarray, batch_size: int = 64) -> np.ndarray:

@@ -9,12 +9,20 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # files only; no display on training machines
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from sklearn.metrics import precision_recall_curve, roc_curve  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+from sklearn.metrics import precision_recall_curve, roc_curve
 
-from training.fit import HISTORY_CSV  # noqa: E402
-from training.metrics import reliability_curve  # noqa: E402
+from training.errors import TrainingError
+from training.layout import (
+    BEST_CHECKPOINT,
+    COMPARISON_CSV,
+    COMPARISON_JSON,
+    COMPARISON_MD,
+    PREDICTIONS_FILE,
+    read_history,
+)
+from training.metrics import reliability_curve
 
 COMPARISON_COLUMNS = (
     ("backbone", "Backbone"),
@@ -32,7 +40,7 @@ COMPARISON_COLUMNS = (
 )
 
 
-class ReportError(RuntimeError):
+class ReportError(TrainingError):
     pass
 
 
@@ -86,23 +94,20 @@ def write_comparison(run_dir: Path, evaluations: dict[str, dict], config, data_s
         f"'{config.default_operating_point}' chosen on validation. Stress min AUC: the lowest validation ROC-AUC over "
         f"contrast, gamma, blur, noise, crop and shift perturbations. Best by validation ROC-AUC: **{best}**."
     )
-    (run_dir / "comparison.md").write_text(markdown_table(rows) + "\n\n" + notes + "\n")
-    with (run_dir / "comparison.csv").open("w", newline="") as handle:
+    (run_dir / COMPARISON_MD).write_text(markdown_table(rows) + "\n\n" + notes + "\n")
+    with (run_dir / COMPARISON_CSV).open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=[key for key, _ in COMPARISON_COLUMNS])
         writer.writeheader()
         writer.writerows(rows)
     comparison = {"best": best, "selection": "validation ROC-AUC", "budget": budget, "rows": rows}
-    (run_dir / "comparison.json").write_text(json.dumps(comparison, indent=2))
+    (run_dir / COMPARISON_JSON).write_text(json.dumps(comparison, indent=2))
     return comparison
 
 
 def _history(model_dir: Path) -> dict[str, list[float]]:
-    path = model_dir / HISTORY_CSV
-    if not path.is_file():
-        return {}
-    with path.open() as handle:
-        rows = list(csv.DictReader(handle))
-    return {key: [float(r[key]) for r in rows if r.get(key)] for key in (rows[0].keys() if rows else [])}
+    """history.csv by column: each metric's values over the epochs that logged it."""
+    rows = read_history(model_dir)
+    return {key: [row[key] for row in rows if key in row] for key in (rows[0] if rows else {})}
 
 
 def plot_model(model_dir: Path, evaluation: dict, arrays: dict[str, np.ndarray]) -> None:
@@ -142,11 +147,16 @@ def plot_model(model_dir: Path, evaluation: dict, arrays: dict[str, np.ndarray])
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(4.5, 4))
-    for key, label in (("val_p_uncalibrated", "uncalibrated"), ("val_p", f"calibrated ({evaluation['calibration']['method']})")):
+    for key, label in (
+        ("val_p_uncalibrated", "uncalibrated"),
+        ("val_p", f"calibrated ({evaluation['calibration']['method']})"),
+    ):
         confidence, observed, _ = reliability_curve(y, arrays[key], bins=10)
         ax.plot(confidence, observed, marker="o", label=label)
     ax.plot([0, 1], [0, 1], "k:", linewidth=0.8)
-    ax.set(xlabel="predicted P(pneumonia)", ylabel="observed fraction pneumonia", title=f"{name}: reliability (validation)")
+    ax.set(
+        xlabel="predicted P(pneumonia)", ylabel="observed fraction pneumonia", title=f"{name}: reliability (validation)"
+    )
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(model_dir / "reliability.png", dpi=120)
@@ -167,19 +177,13 @@ def plot_model(model_dir: Path, evaluation: dict, arrays: dict[str, np.ndarray])
         plt.close(fig)
 
 
-def gradcam_grid(model_dir: Path, val, evaluation: dict, out_path: Path, per_group: int = 4) -> Path:
-    """Grad-CAM overlays of validation true/false positives/negatives at the default threshold."""
-    import keras
+def cam_grid(images, y, p, threshold: float, explain, out_path: Path, title: str, per_group: int = 4) -> Path:
+    """Saliency overlays of validation true/false positives/negatives at `threshold`, the most confident of
+    each kind. `explain(images, signs) -> (N, H, W)` maps in [0, 1]; each map explains the PREDICTED class
+    (sign +1: PNEUMONIA, the logit's gradient; -1: NORMAL, the negative logit's)."""
+    from app.explain import overlay
 
-    from app.gradcam import GradCam, overlay
-    from training.backbones import BACKBONES, LOGIT_LAYER
-    from training.fit import BEST_CHECKPOINT
-
-    model = keras.models.load_model(model_dir / BEST_CHECKPOINT, compile=False)
-    cam = GradCam(model, BACKBONES[evaluation["backbone"]].gradcam_layer, LOGIT_LAYER)
-    arrays = np.load(model_dir / "predictions.npz")
-    y, p = arrays["val_y"], arrays["val_p"]
-    predicted = p >= evaluation["validation"]["threshold"]
+    predicted = p >= threshold
     groups = {
         "true positive": np.flatnonzero((y == 1) & predicted),
         "false positive": np.flatnonzero((y == 0) & predicted),
@@ -187,17 +191,34 @@ def gradcam_grid(model_dir: Path, val, evaluation: dict, out_path: Path, per_gro
         "true negative": np.flatnonzero((y == 0) & ~predicted),
     }
     fig, axes = plt.subplots(len(groups), per_group, figsize=(2.2 * per_group, 2.4 * len(groups)))
-    for row, (title, index) in enumerate(groups.items()):
-        chosen = index[np.argsort(-np.abs(p[index] - 0.5))][:per_group]  # the most confident of each kind
-        heatmaps = cam.heatmap(val.images[chosen].astype(np.float32)) if len(chosen) else []
+    for row, (kind, index) in enumerate(groups.items()):
+        chosen = index[np.argsort(-np.abs(p[index] - 0.5))][:per_group]
+        signs = np.where(predicted[chosen], 1.0, -1.0).astype(np.float32)
+        heatmaps = explain(images[chosen].astype(np.float32), signs) if len(chosen) else []
         for col in range(per_group):
             ax = axes[row, col]
             ax.axis("off")
             if col < len(chosen):
-                ax.imshow(overlay(val.images[chosen[col], :, :, 0].astype(np.uint8), heatmaps[col]))
-                ax.set_title(f"{title}\np={p[chosen[col]]:.2f}", fontsize=7)
-    fig.suptitle(f"{evaluation['backbone']}: Grad-CAM on validation (research use only)", fontsize=9)
+                ax.imshow(overlay(images[chosen[col], :, :, 0].astype(np.uint8), heatmaps[col]))
+                explained = "PNEUMONIA" if signs[col] > 0 else "NORMAL"
+                ax.set_title(f"{kind}\np={p[chosen[col]]:.2f}, map: {explained}", fontsize=7)
+    fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(out_path, dpi=120)
     plt.close(fig)
     return out_path
+
+
+def gradcam_grid(model_dir: Path, val, evaluation: dict, out_path: Path, per_group: int = 4) -> Path:
+    """Grad-CAM (the backbone's last conv block) over validation, each map for the predicted class."""
+    import keras
+
+    from app.explain import GradCAM
+    from training.backbones import BACKBONES, LOGIT_LAYER
+
+    model = keras.models.load_model(model_dir / BEST_CHECKPOINT, compile=False)
+    cam = GradCAM(model, BACKBONES[evaluation["backbone"]].gradcam_layer, LOGIT_LAYER)
+    arrays = np.load(model_dir / PREDICTIONS_FILE)
+    title = f"{evaluation['backbone']}: Grad-CAM on validation (research use only)"
+    threshold = evaluation["validation"]["threshold"]
+    return cam_grid(val.images, arrays["val_y"], arrays["val_p"], threshold, cam, out_path, title, per_group)

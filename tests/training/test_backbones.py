@@ -7,15 +7,25 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
+from training.backbones import (
+    BACKBONES,
+    LOGIT_LAYER,
+    WeightsError,
+    build_classifier,
+    freeze_backbone,
+    resolve,
+    set_batchnorm_momentum,
+)
 from training.config import BACKBONE_NAMES, TrainConfig
-from training.backbones import BACKBONES, LOGIT_LAYER, WeightsError, build_classifier, freeze_backbone, resolve, set_batchnorm_momentum
 
 
 @pytest.mark.parametrize("name", sorted(BACKBONES))
 def test_backbone_is_flat_takes_raw_pixels_and_exposes_gradcam_layer(name):
     backbone = BACKBONES[name]
     model = build_classifier(backbone, 32, weights=None)
-    assert not any(isinstance(layer, keras.Model) for layer in model.layers), "nested model: Grad-CAM cannot reach inside"
+    assert not any(isinstance(layer, keras.Model) for layer in model.layers), (
+        "nested model: Grad-CAM cannot reach inside"
+    )
     assert not any(type(layer).__name__ == "Lambda" for layer in model.layers)
     assert len(model.get_layer(backbone.gradcam_layer).output.shape) == 4  # a convolutional feature map
     assert model.get_layer(LOGIT_LAYER).output.shape[-1] == 1
@@ -39,7 +49,9 @@ def test_local_weights_file_is_loaded_into_the_flat_model(tmp_path):
     reference.save_weights(path)
     model = build_classifier(backbone, 32, weights=str(path))
     for layer_name in ("Conv1", "block_16_project", "Conv_1_bn"):
-        for loaded, expected in zip(model.get_layer(layer_name).get_weights(), reference.get_layer(layer_name).get_weights(), strict=True):
+        for loaded, expected in zip(
+            model.get_layer(layer_name).get_weights(), reference.get_layer(layer_name).get_weights(), strict=True
+        ):
             np.testing.assert_array_equal(loaded, expected)
 
 
@@ -61,13 +73,13 @@ def test_fine_tuning_freezes_base_and_keeps_batchnorm_in_inference_mode():
     freeze_backbone(model, trainable_top_layers=10)
     assert model.get_layer(LOGIT_LAYER).trainable
     assert not model.get_layer("Conv1").trainable
-    assert not any(l.trainable for l in model.layers if isinstance(l, keras.layers.BatchNormalization))
-    assert any(l.trainable and l.weights for l in model.layers[-15:-4])
+    assert not any(layer.trainable for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization))
+    assert any(layer.trainable and layer.weights for layer in model.layers[-15:-4])
 
 
 def test_batchnorm_momentum_is_lowered_for_from_scratch_training():
     model = build_classifier(BACKBONES["mobilenetv2"], 32, weights=None, bn_momentum=0.9)
-    momenta = {l.momentum for l in model.layers if isinstance(l, keras.layers.BatchNormalization)}
+    momenta = {layer.momentum for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)}
     assert momenta == {0.9}
     set_batchnorm_momentum(model, 0.8)
-    assert {l.momentum for l in model.layers if isinstance(l, keras.layers.BatchNormalization)} == {0.8}
+    assert {layer.momentum for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)} == {0.8}

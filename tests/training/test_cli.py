@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 
+import pytest
 
-from training.cli import main
+from training.backbones import WeightsError
+from training.cli import UsageError, build_parser, main
+from training.config import ConfigError
+from training.data import DatasetError
+from training.errors import TrainingError
+from training.export import ExportError
+from training.provenance import ProvenanceError
+from training.report import ReportError
 
 
 def _error(capsys) -> str:
@@ -19,12 +28,23 @@ def _error(capsys) -> str:
 def test_missing_dataset(tmp_path, capsys):
     assert main(["train", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "run")]) == 2
     assert "does not exist" in _error(capsys)
+    assert not (tmp_path / "run").exists()
 
 
-def test_dataset_without_train_folder(tmp_path, capsys):
+def test_dataset_without_train_folder_leaves_no_run_directory(tmp_path, capsys):
+    """A later attempt must not 'resume' the debris of a run that never started."""
     (tmp_path / "data").mkdir()
     assert main(["train", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "run")]) == 2
     assert "no train/ folder" in _error(capsys)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_failed_train_keeps_a_directory_it_did_not_create(tmp_path, capsys):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "mine.txt").write_text("kept")
+    assert main(["train", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "run")]) == 2
+    assert (tmp_path / "run" / "mine.txt").read_text() == "kept"
 
 
 def test_missing_class_folder(tmp_path, capsys):
@@ -46,7 +66,12 @@ def test_unknown_backbone(tiny_dataset, tmp_path, capsys):
 
 
 def test_missing_weights_file(tiny_dataset, tmp_path, capsys):
-    assert main(["train", "--data", str(tiny_dataset), "--out", str(tmp_path / "run"), "--weights", str(tmp_path / "w.h5")]) == 2
+    assert (
+        main(
+            ["train", "--data", str(tiny_dataset), "--out", str(tmp_path / "run"), "--weights", str(tmp_path / "w.h5")]
+        )
+        == 2
+    )
     assert "does not exist" in _error(capsys)
 
 
@@ -57,6 +82,7 @@ def test_weights_file_that_does_not_fit(tiny_dataset, tmp_path, capsys):
                  "--image-size", "32", "--epochs", "1", "--weights", str(weights)])  # fmt: skip
     assert code == 2
     assert "do not fit mobilenetv2" in _error(capsys)
+    assert not (tmp_path / "run").exists()  # failed after the run was laid out, before any training
 
 
 def test_invalid_config_file(tiny_dataset, tmp_path, capsys):
@@ -78,7 +104,37 @@ def test_resuming_a_finished_run_skips_trained_models(tiny_run, capsys):
     assert "already trained" in (tiny_run / "training.log").read_text()
 
 
+def test_a_run_without_a_trained_model_is_a_one_line_error(tiny_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("config.json", "data.json", "split.csv"):  # laid out and split, but nothing trained yet
+        shutil.copy(tiny_run / name, run / name)
+    assert main(["evaluate", "--run", str(run)]) == 2
+    assert "no trained model" in _error(capsys)
+
+
+@pytest.mark.parametrize(
+    "error", [UsageError, ConfigError, DatasetError, WeightsError, ReportError, ExportError, ProvenanceError]
+)
+def test_every_domain_error_is_a_training_error(error):
+    assert issubclass(error, TrainingError)
+
+
+def test_train_help_gives_every_option_a_default():
+    train = build_parser()._subparsers._group_actions[0].choices["train"]
+    options = [a for a in train._actions if a.option_strings and a.dest != "help"]
+    assert len(options) >= 11
+    undocumented = [
+        a.option_strings[0] for a in options if "default" not in (a.help or "") and "required" not in (a.help or "")
+    ]
+    assert not undocumented
+    help_text = " ".join(train.format_help().split())
+    assert "square input size in pixels (default: 128)" in help_text and "dropout = 0.3" in help_text
+
+
 def test_console_entry_point_help():
-    out = subprocess.run([sys.executable, "-m", "training", "--help"], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "training", "--help"], capture_output=True, text=True, check=True
+    ).stdout
     for command in ("train", "evaluate", "export"):
         assert command in out

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app.imaging import decode_image, to_model_input
 from training.data import DatasetError, Sample, class_weights, decode_samples, load_splits, patient_id, patient_split
 
 
@@ -104,11 +103,28 @@ def test_unreadable_images_are_skipped_and_counted(tmp_path):
     assert [p for p, _ in decoded.skipped] == [bad]
 
 
-def test_training_decodes_exactly_as_the_service_does(sample_images):
+def test_training_decodes_exactly_as_the_service_does(sample_images, tiny_bundle, monkeypatch):
+    """Training's decode against the input the running service hands its ONNX session for the same upload."""
+    import asyncio
+
+    from app.config import Settings
+    from app.service import load_service
+
+    service = load_service(Settings(model_dir=tiny_bundle, explain_enabled=False))
+    served: list[np.ndarray] = []
+    predict = service.classifier.predict
+
+    def recording_predict(batch):  # the real classifier, with its input recorded
+        served.append(np.array(batch))
+        return predict(batch)
+
+    monkeypatch.setattr(service.classifier, "predict", recording_predict)
     paths = [p for group in sample_images.values() for p in group]
-    decoded = decode_samples([Sample(p, 0, p.name) for p in paths], (64, 64), workers=2)
-    service = np.stack([to_model_input(decode_image(p.read_bytes()), (64, 64)) for p in paths])
-    np.testing.assert_array_equal(decoded.images.astype(np.float32), service)
+    for path in paths:
+        asyncio.run(service.analyse(path.read_bytes()))
+    decoded = decode_samples([Sample(p, 0, p.name) for p in paths], service.metadata.input_size, workers=2)
+    assert len(served) == len(paths)
+    np.testing.assert_array_equal(decoded.images.astype(np.float32), np.concatenate(served))
 
 
 def test_class_weights_balance_the_loss():

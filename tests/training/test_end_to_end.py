@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,9 @@ from app.bundle import (
     verify_file,
 )
 from app.imaging import decode_image, to_model_input
+from training import layout, provenance
 from training.cli import main
+from training.config import TrainConfig
 
 
 def test_run_records_config_split_and_models(tiny_run):
@@ -33,15 +36,21 @@ def test_run_records_config_split_and_models(tiny_run):
     assert train_patients and val_patients and not train_patients & val_patients
     for backbone in ("mobilenetv2", "efficientnetb0"):
         model_dir = tiny_run / "models" / backbone
-        for name in ("best.keras", "history.csv", "evaluation.json", "confusion.png", "roc_pr.png", "reliability.png", "training_curves.png"):
+        for name in (
+            "best.keras",
+            "history.csv",
+            "evaluation.json",
+            "confusion.png",
+            "roc_pr.png",
+            "reliability.png",
+            "training_curves.png",
+        ):
             assert (model_dir / name).is_file(), f"{backbone}/{name} missing"
 
 
 def test_recorded_split_follows_a_moved_dataset(tiny_run, tiny_dataset, tmp_path):
     """split.csv holds paths relative to the dataset root, so a published split is reusable elsewhere."""
-    import shutil
-
-    from training.run import read_run_split
+    from training.layout import read_run_split
 
     with (tiny_run / "split.csv").open() as handle:
         recorded = [row["path"] for row in csv.DictReader(handle)]
@@ -50,7 +59,9 @@ def test_recorded_split_follows_a_moved_dataset(tiny_run, tiny_dataset, tmp_path
     subsets = read_run_split(tiny_run, moved)
     paths = [s.path for samples in subsets.values() for s in samples]
     assert len(paths) == len(recorded) and all(p.is_file() and p.is_relative_to(moved) for p in paths)
-    assert {s.path for s in read_run_split(tiny_run)["val"]} == {tiny_dataset / s.path.relative_to(moved) for s in subsets["val"]}
+    assert {s.path for s in read_run_split(tiny_run)["val"]} == {
+        tiny_dataset / s.path.relative_to(moved) for s in subsets["val"]
+    }
 
 
 def test_comparison_ranks_by_validation_auc(tiny_run):
@@ -86,7 +97,11 @@ def test_bundle_onnx_matches_keras_on_sample_images(tiny_bundle, sample_images):
 
     metadata = read_metadata(tiny_bundle)
     batch = np.stack(
-        [to_model_input(decode_image(p.read_bytes()), metadata.input_size) for paths in sample_images.values() for p in paths]
+        [
+            to_model_input(decode_image(p.read_bytes()), metadata.input_size)
+            for paths in sample_images.values()
+            for p in paths
+        ]
     )
     session = ort.InferenceSession(str(tiny_bundle / ONNX_FILENAME), providers=["CPUExecutionProvider"])
     onnx_p = session.run(None, {metadata.onnx_input_name: batch})[0].reshape(-1)
@@ -102,13 +117,16 @@ def test_export_of_unevaluated_run_fails_cleanly(tmp_path, capsys):
 
 
 def test_export_refuses_unknown_operating_point_and_keeps_old_bundle(tiny_run, tiny_bundle, tmp_path, capsys):
-    before = sorted(p.name for p in tiny_bundle.iterdir())
-    code = main(["export", "--run", str(tiny_run), "--out", str(tiny_bundle), "--operating-point", "nonsense"])
+    bundle = shutil.copytree(tiny_bundle, tmp_path / "bundle")  # the session's tiny_bundle stays untouched
+    before = {p.name: p.read_bytes() for p in bundle.iterdir()}
+    code = main(["export", "--run", str(tiny_run), "--out", str(bundle), "--operating-point", "nonsense", "--force"])
     assert code == 2 and "unknown operating point" in capsys.readouterr().err
-    assert sorted(p.name for p in tiny_bundle.iterdir()) == before
+    assert {p.name: p.read_bytes() for p in bundle.iterdir()} == before
 
 
-def test_export_refuses_a_drifting_conversion_and_keeps_old_bundle(tiny_run, tiny_bundle, monkeypatch, capsys):
+def test_export_refuses_a_drifting_conversion_and_keeps_old_bundle(
+    tiny_run, tiny_bundle, tmp_path, monkeypatch, capsys
+):
     """An ONNX graph that answers differently from the Keras model must never replace a working bundle."""
     import keras
 
@@ -125,18 +143,33 @@ def test_export_refuses_a_drifting_conversion_and_keeps_old_bundle(tiny_run, tin
         return convert(drifted, image_size, path)
 
     monkeypatch.setattr(export, "convert_to_onnx", convert_a_shifted_model)
-    before = {p.name: p.read_bytes() for p in tiny_bundle.iterdir()}
-    assert main(["export", "--run", str(tiny_run), "--out", str(tiny_bundle)]) == 2
+    bundle = shutil.copytree(tiny_bundle, tmp_path / "bundle")
+    before = {p.name: p.read_bytes() for p in bundle.iterdir()}
+    assert main(["export", "--run", str(tiny_run), "--out", str(bundle), "--force"]) == 2
     error = capsys.readouterr().err
     assert "ONNX and Keras disagree" in error and "--parity-tolerance" in error
-    assert {p.name: p.read_bytes() for p in tiny_bundle.iterdir()} == before
-    assert not tiny_bundle.with_name(tiny_bundle.name + ".partial").exists()
+    assert {p.name: p.read_bytes() for p in bundle.iterdir()} == before
+    assert not bundle.with_name(bundle.name + ".partial").exists()
 
 
 def test_export_with_another_default_point(tiny_run, tmp_path):
     point = "youden"
     bundle = tmp_path / "bundle"
-    assert main(["export", "--run", str(tiny_run), "--out", str(bundle), "--model", "efficientnetb0", "--operating-point", point]) == 0
+    code = main(
+        [
+            "export",
+            "--run",
+            str(tiny_run),
+            "--out",
+            str(bundle),
+            "--model",
+            "efficientnetb0",
+            "--operating-point",
+            point,
+            "--force",
+        ]
+    )
+    assert code == 0
     metadata = read_metadata(bundle)
     assert metadata.backbone == "efficientnetb0" and metadata.default_operating_point == point
     assert metadata.validation.threshold == pytest.approx(metadata.operating_point(point).threshold)
@@ -146,21 +179,28 @@ def test_publish_copies_evidence_but_no_checkpoints(tiny_run, tmp_path):
     out = tmp_path / "results"
     assert main(["publish", "--run", str(tiny_run), "--out", str(out)]) == 0
     names = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
-    assert {"config.json", "split.csv", "comparison.md", "models/mobilenetv2/evaluation.json", "models/mobilenetv2/roc_pr.png"} <= names
+    assert {
+        "config.json",
+        "split.csv",
+        "comparison.md",
+        "models/mobilenetv2/evaluation.json",
+        "models/mobilenetv2/roc_pr.png",
+    } <= names
     assert not any(n.endswith((".keras", ".npz")) for n in names)
 
 
 def test_a_test_split_is_reported_but_changes_no_choice(tiny_run, tiny_dataset, tmp_path):
     """Invariant: no threshold, calibration or model choice reads the test split."""
-    import shutil
-
     run = shutil.copytree(tiny_run, tmp_path / "run")
     data = shutil.copytree(tiny_dataset, tmp_path / "data")
     for label, other in (("NORMAL", "PNEUMONIA"), ("PNEUMONIA", "NORMAL")):  # deliberately mislabelled
         (data / "test" / label).mkdir(parents=True)
         for path in sorted((tiny_dataset / "train" / other).glob("*.jpeg"))[:6]:
             shutil.copy(path, data / "test" / label / path.name)
-    before = {name: json.loads((run / "models" / name / "evaluation.json").read_text()) for name in ("mobilenetv2", "efficientnetb0")}
+    before = {
+        name: json.loads((run / "models" / name / "evaluation.json").read_text())
+        for name in ("mobilenetv2", "efficientnetb0")
+    }
 
     assert main(["evaluate", "--run", str(run), "--data", str(data)]) == 0
     for name, old in before.items():
@@ -169,4 +209,26 @@ def test_a_test_split_is_reported_but_changes_no_choice(tiny_run, tiny_dataset, 
         assert new["calibration"] == old["calibration"]
         assert new["test"]["n_images"] == 12
         assert new["test"]["threshold"] == old["validation"]["threshold"]
-    assert json.loads((run / "comparison.json").read_text())["best"] == json.loads((tiny_run / "comparison.json").read_text())["best"]
+    assert (
+        json.loads((run / "comparison.json").read_text())["best"]
+        == json.loads((tiny_run / "comparison.json").read_text())["best"]
+    )
+
+
+def test_bundle_embeds_the_whole_training_config(tiny_run, tiny_bundle):
+    config = layout.read_config(tiny_run)
+    trained = read_metadata(tiny_bundle).training
+    assert set(TrainConfig.model_fields) <= set(trained)
+    assert {name: trained[name] for name in TrainConfig.model_fields} == config.model_dump(mode="json")
+    assert trained["epochs_run"] == 1 and trained["parity_max_abs_diff"] <= trained["parity_tolerance"]
+
+
+def test_bundle_data_provenance_comes_from_the_run(tiny_run, tiny_bundle, tiny_dataset):
+    """The tiny dataset has no card: the bundle says so instead of naming a dataset it was not trained on."""
+    metadata = read_metadata(tiny_bundle)
+    recorded = layout.read_data_summary(tiny_run)["provenance"]
+    assert metadata.data.content_sha256 == recorded["content_sha256"] == provenance.content_sha256(tiny_dataset)[0]
+    assert metadata.data.files == 48 and metadata.data.card is None
+    assert metadata.data.dataset == tiny_dataset.name and metadata.data.licence.startswith("unknown")
+    text = (tiny_bundle / "metadata.json").read_text() + (tiny_bundle / MODEL_CARD_FILENAME).read_text()
+    assert "Kermany" not in text and "Guangzhou" not in text

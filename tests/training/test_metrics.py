@@ -9,8 +9,8 @@ from sklearn import metrics as sk
 from training.metrics import (
     binary_metrics,
     bootstrap_intervals,
-    expected_calibration_error,
     calibrate,
+    expected_calibration_error,
     fit_platt,
     operating_points,
     sigmoid,
@@ -43,7 +43,9 @@ def test_expected_calibration_error_on_known_cases():
 
 def test_operating_points_on_known_scores():
     y = np.array([0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1])
-    p = np.array([0.1, 0.2, 0.3, 0.6, 0.05, 0.4, 0.5, 0.55, 0.65, 0.7, 0.72, 0.75, 0.8, 0.82, 0.85, 0.9, 0.92, 0.95, 0.97, 0.99])
+    p = np.array(
+        [0.1, 0.2, 0.3, 0.6, 0.05, 0.4, 0.5, 0.55, 0.65, 0.7, 0.72, 0.75, 0.8, 0.82, 0.85, 0.9, 0.92, 0.95, 0.97, 0.99]
+    )
     points = {pt.name: pt for pt in operating_points(y, p)}
     # 16 positives: sensitivity >= 0.95 needs 16 of 16 (15/16 = 0.9375), so the threshold drops to 0.05
     assert points["sensitivity_95"].threshold == pytest.approx(0.05)
