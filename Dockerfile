@@ -24,10 +24,11 @@ WORKDIR /build
 # is uninstalled again (app/ is copied into the runtime stage; training/ is not served).
 # Not needed to serve, and large: TensorFlow's C++ headers (~290 MB, for compiling custom ops) and libclang
 # (~60 MB, used by TensorFlow's build tooling only). TensorFlow itself stays: Grad-CAM for /explain.
-COPY pyproject.toml ./
+# constraints.txt pins every dependency to the versions the tests ran with (uv pip compile; see README).
+COPY pyproject.toml constraints.txt ./
 COPY app/__init__.py app/__init__.py
 RUN touch README.md \
- && pip install --no-cache-dir . \
+ && pip install --no-cache-dir -c constraints.txt . \
  && pip uninstall -y pneumonia-screening libclang \
  && rm -rf /opt/venv/lib/python3*/site-packages/tensorflow/include /root/.cache /build
 # Lets tooling find (and prune) this stage's cache image: podman image prune --filter label=...=builder

@@ -1,7 +1,8 @@
 """Helpers shared by the test suites that talk to real `uvicorn app.main:app` subprocesses over loopback.
 
 Used by tests/integration and tests/hardening (import as `from tests.support import ...`; the conftests
-re-export the `start_server` fixture).
+re-export the `start_server` fixture). Process helpers shared with the benchmarks (`free_port`, /proc readings)
+live in bench/servers.py and are re-exported here, so there is one of each.
 """
 
 from __future__ import annotations
@@ -9,7 +10,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,14 +19,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from bench.servers import free_port, proc_status_kib
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 START_TIMEOUT_S = 240
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass
@@ -47,10 +43,7 @@ class Server:
 
 
 def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError(f"no VmRSS for pid {pid}")
+    return proc_status_kib(pid)["VmRSS"]
 
 
 def launch(
@@ -81,9 +74,7 @@ def wait_ready(process: subprocess.Popen, base_url: str, log_path: Path) -> None
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            pytest.fail(
-                f"server exited with {process.returncode} before ready:\n{log_path.read_text()[-4000:]}"
-            )
+            pytest.fail(f"server exited with {process.returncode} before ready:\n{log_path.read_text()[-4000:]}")
         try:
             if httpx.get(f"{base_url}/health/ready", timeout=2).status_code == 200:
                 return
@@ -91,9 +82,7 @@ def wait_ready(process: subprocess.Popen, base_url: str, log_path: Path) -> None
             pass
         time.sleep(0.3)
     process.kill()
-    pytest.fail(
-        f"server not ready within {START_TIMEOUT_S}s:\n{log_path.read_text()[-4000:]}"
-    )
+    pytest.fail(f"server not ready within {START_TIMEOUT_S}s:\n{log_path.read_text()[-4000:]}")
 
 
 def stop(process: subprocess.Popen) -> int:
@@ -111,13 +100,9 @@ def start_server(tmp_path_factory):
     """Factory: start uvicorn on a bundle, wait for ready; every server is SIGTERMed at the end."""
     started: list[subprocess.Popen] = []
 
-    def factory(
-        bundle_dir: Path, *, uvicorn_args: tuple[str, ...] = (), **env: str
-    ) -> Server:
+    def factory(bundle_dir: Path, *, uvicorn_args: tuple[str, ...] = (), **env: str) -> Server:
         workdir = tmp_path_factory.mktemp("server")
-        process, base_url = launch(
-            bundle_dir, workdir / "server.log", uvicorn_args=uvicorn_args, **env
-        )
+        process, base_url = launch(bundle_dir, workdir / "server.log", uvicorn_args=uvicorn_args, **env)
         started.append(process)
         wait_ready(process, base_url, workdir / "server.log")
         return Server(process, base_url, workdir / "server.log")
@@ -126,9 +111,7 @@ def start_server(tmp_path_factory):
     for process in started:
         if process.poll() is None:
             # uvicorn shuts down gracefully, then re-raises the captured SIGTERM: -15 is a clean exit here
-            assert stop(process) in (0, -signal.SIGTERM), (
-                "uvicorn did not exit on SIGTERM"
-            )
+            assert stop(process) in (0, -signal.SIGTERM), "uvicorn did not exit on SIGTERM"
 
 
 def copy_bundle(tiny_bundle: Path, target: Path) -> Path:

@@ -69,7 +69,8 @@ def test_predict_returns_probability_label_and_disclaimer(make_app, sample_jpeg,
     assert 0.0 <= body["probability"] <= 1.0
     default = loaded_service.metadata.operating_point()
     assert body["operating_point"] == default.name and body["threshold"] == default.threshold
-    assert body["label"] == ("PNEUMONIA" if body["probability"] >= default.threshold else "NORMAL")
+    at_threshold = run(call(make_app(), "POST", f"/predict?threshold={default.threshold!r}", files={"file": ("a", sample_jpeg)}))
+    assert body["label"] == at_threshold.json()["label"]  # the default point labels with its own threshold
     assert body["disclaimer"] == RESEARCH_DISCLAIMER
     assert body["input"]["format"] == "JPEG"
     assert body["model"]["sha256"] == loaded_service.metadata.checksums.onnx_sha256
@@ -79,9 +80,14 @@ def test_predict_returns_probability_label_and_disclaimer(make_app, sample_jpeg,
 def test_custom_threshold_decides_the_label(make_app, sample_jpeg):
     app = make_app()
     low = run(call(app, "POST", "/predict?threshold=0", files={"file": ("a", sample_jpeg)})).json()
-    high = run(call(app, "POST", "/predict?threshold=1", files={"file": ("a", sample_jpeg)})).json()
     assert (low["label"], low["operating_point"]) == ("PNEUMONIA", "custom")
-    assert high["label"] == ("PNEUMONIA" if high["probability"] >= 1.0 else "NORMAL")
+    probability = low["probability"]
+    equal = run(call(app, "POST", f"/predict?threshold={probability!r}", files={"file": ("a", sample_jpeg)})).json()
+    assert equal["label"] == "PNEUMONIA"  # a probability equal to the threshold is positive
+    if probability < 1.0:
+        above = float(np.nextafter(probability, 1.0))
+        high = run(call(app, "POST", f"/predict?threshold={above!r}", files={"file": ("a", sample_jpeg)})).json()
+        assert high["label"] == "NORMAL"
 
 
 def test_operating_point_validation(make_app, sample_jpeg, loaded_service):

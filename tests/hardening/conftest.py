@@ -6,16 +6,12 @@ HYPOTHESIS_PROFILE=long selects the long fuzzing run; the default profile keeps 
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, settings
 
-sys.path.insert(0, str(Path(__file__).parent))  # `import corpus` from the test modules
-
-import corpus
-import pytest
-
+from tests.hardening import corpus
 from tests.support import Server, copy_bundle, launch, start_server, stop, wait_ready  # noqa: F401
 
 settings.register_profile(

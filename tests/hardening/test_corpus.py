@@ -2,23 +2,31 @@
 
 One uvicorn subprocess for the module. Every case gets exactly its expected status: 200 with the disclaimer
 for valid-but-unusual images, otherwise a JSON error with the expected code whose message names the
-problem. No case may produce a 5xx, and the service must still be ready afterwards.
+problem. No case may produce a 5xx, and the service must still be ready afterwards (the `server` fixture's
+finaliser checks that).
 """
 
 from __future__ import annotations
 
-import corpus
 import httpx
 import pytest
 
 from app.bundle import RESEARCH_DISCLAIMER
+from tests.hardening import corpus
 
 ENDPOINTS = ("/predict", "/explain")
 
 
 @pytest.fixture(scope="module")
 def server(shared_server):
-    return shared_server  # session-wide server from tests/hardening/conftest.py
+    """The session-wide server (tests/hardening/conftest.py); after the module's last case it must still be
+    ready, alive and free of tracebacks, whatever order the cases ran in."""
+    yield shared_server
+    ready = httpx.get(f"{shared_server.base_url}/health/ready", timeout=60)
+    assert ready.status_code == 200 and ready.json()["explain"] is True
+    assert shared_server.process.poll() is None
+    log = shared_server.log()
+    assert "Traceback" not in log and "unhandled" not in log, log[-3000:]
 
 
 @pytest.fixture(scope="module")
@@ -33,9 +41,7 @@ def test_the_corpus_is_big_enough():
 
 
 @pytest.mark.parametrize("endpoint", ENDPOINTS)
-@pytest.mark.parametrize(
-    "make", corpus.CASES, ids=[make.__name__ for make in corpus.CASES]
-)
+@pytest.mark.parametrize("make", corpus.CASES, ids=[make.__name__ for make in corpus.CASES])
 def test_case(client, make, endpoint):
     case = make()
     response = client.post(endpoint, **case.request_kwargs())
@@ -50,10 +56,7 @@ def test_case(client, make, endpoint):
     body = response.json()
     assert body["disclaimer"] == RESEARCH_DISCLAIMER
     if expected.status == 200:
-        assert (
-            body["input"]["format"] in {"JPEG", "PNG", "DICOM"}
-            and 0.0 <= body["probability"] <= 1.0
-        )
+        assert body["input"]["format"] in {"JPEG", "PNG", "DICOM"} and 0.0 <= body["probability"] <= 1.0
         if endpoint == "/explain":
             assert body["heatmap_format"] == "png" and len(body["heatmap"]) > 100
         return
@@ -63,12 +66,3 @@ def test_case(client, make, endpoint):
         case.name,
         error["message"],
     )
-
-
-def test_still_ready_after_the_corpus(client, server):
-    """Runs after the parametrized cases (same module, file order)."""
-    ready = client.get("/health/ready")
-    assert ready.status_code == 200 and ready.json()["explain"] is True
-    assert server.process.poll() is None
-    log = server.log()
-    assert "Traceback" not in log and "unhandled" not in log, log[-3000:]

@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import io
 
-import corpus
 import numpy as np
 import pytest
 from PIL import Image
 
 from app.imaging import CorruptImageError, ImageTooLargeError, UnsupportedFormatError, decode_image
+from tests.hardening import corpus
 
 
 def test_exif_orientation_is_applied():
-    data = corpus.exif_rotated_jpeg().files["file"][
-        1
-    ]  # stored 200 wide x 256 tall, orientation 6
+    data = corpus.exif_rotated_jpeg().files["file"][1]  # stored 200 wide x 256 tall, orientation 6
     image = decode_image(data)
     assert (image.width, image.height) == (256, 200)
 
@@ -24,9 +22,7 @@ def test_palette_transparency_becomes_black():
     pixels = np.full((64, 64), 200, dtype=np.uint8)
     pixels[:32] = 50
     palette_image = Image.fromarray(pixels).convert("P")
-    transparent_index = palette_image.getpixel(
-        (0, 0)
-    )  # the top half (value 50) is made transparent
+    transparent_index = palette_image.getpixel((0, 0))  # the top half (value 50) is made transparent
     buffer = io.BytesIO()
     palette_image.save(buffer, format="PNG", transparency=transparent_index)
     decoded = decode_image(buffer.getvalue()).pixels
@@ -51,9 +47,7 @@ def _multiframe_dicom(frames: int, side: int = 64) -> bytes:
     from pydicom import dcmread
 
     dataset = dcmread(io.BytesIO(corpus.dicom_bytes()))
-    stack = np.stack(
-        [np.full((side, side), 100 * (i + 1), dtype=np.uint16) for i in range(frames)]
-    )
+    stack = np.stack([np.full((side, side), 100 * (i + 1), dtype=np.uint16) for i in range(frames)])
     dataset.Rows = dataset.Columns = side
     dataset.NumberOfFrames = frames
     dataset.PixelData = stack.astype("<u2").tobytes()
@@ -64,13 +58,9 @@ def _multiframe_dicom(frames: int, side: int = 64) -> bytes:
 
 def test_multiframe_dicom_uses_the_first_frame_and_counts_all_frames():
     image = decode_image(_multiframe_dicom(3))
-    assert image.source_format == "DICOM" and any(
-        "3 frames" in note for note in image.warnings
-    )
+    assert image.source_format == "DICOM" and any("3 frames" in note for note in image.warnings)
     with pytest.raises(ImageTooLargeError, match="3 frames"):
-        decode_image(
-            _multiframe_dicom(3), max_pixels=64 * 64 * 2
-        )  # each frame fits, the three do not
+        decode_image(_multiframe_dicom(3), max_pixels=64 * 64 * 2)  # each frame fits, the three do not
 
 
 @pytest.mark.parametrize(

@@ -71,9 +71,7 @@ BROKEN_BUNDLES = {
 
 
 @pytest.mark.parametrize("name", sorted(BROKEN_BUNDLES))
-def test_broken_bundle_refuses_to_start_with_a_one_line_reason(
-    name, tiny_bundle, tmp_path
-):
+def test_broken_bundle_refuses_to_start_with_a_one_line_reason(name, tiny_bundle, tmp_path):
     breaker, expected_words = BROKEN_BUNDLES[name]
     bundle = copy_bundle(tiny_bundle, tmp_path / "bundle")
     breaker(bundle)
@@ -106,31 +104,20 @@ def test_missing_keras_starts_degraded(degraded, sample_images):
         ready = client.get("/health/ready")
         assert ready.status_code == 200 and ready.json()["explain"] is False
         assert client.get("/model").json()["explain_available"] is False
-        assert (
-            client.post("/predict", files={"file": ("x.jpeg", jpeg)}).status_code == 200
-        )
+        assert client.post("/predict", files={"file": ("x.jpeg", jpeg)}).status_code == 200
         refused = client.post("/explain", files={"file": ("x.jpeg", jpeg)})
         assert refused.status_code == 503
         error = refused.json()["error"]
-        assert (
-            error["code"] == "explain_unavailable"
-            and KERAS_FILENAME in error["message"]
-        )
-        assert (
-            "Retry-After" not in refused.headers
-        )  # retrying will not help: this is not back-pressure
+        assert error["code"] == "explain_unavailable" and KERAS_FILENAME in error["message"]
+        assert "Retry-After" not in refused.headers  # retrying will not help: this is not back-pressure
     assert "serving without explanations" in degraded.log()
 
 
 def _large_png(side: int, seed: int) -> bytes:
     rng = np.random.default_rng(seed)
-    gradient = np.linspace(0, 200, side, dtype=np.float32)[None, :] + rng.normal(
-        0, 20, (side, side)
-    )
+    gradient = np.linspace(0, 200, side, dtype=np.float32)[None, :] + rng.normal(0, 20, (side, side))
     buffer = io.BytesIO()
-    Image.fromarray(np.clip(gradient, 0, 255).astype(np.uint8)).save(
-        buffer, format="PNG", compress_level=1
-    )
+    Image.fromarray(np.clip(gradient, 0, 255).astype(np.uint8)).save(buffer, format="PNG", compress_level=1)
     return buffer.getvalue()
 
 
@@ -144,11 +131,9 @@ def test_sigterm_lets_in_flight_requests_finish(start_server, tiny_bundle, tmp_p
     def explain(data: bytes) -> None:
         try:
             with httpx.Client(base_url=server.base_url, timeout=120) as client:
-                response = client.post(
-                    "/explain", files={"file": ("big.png", data, "image/png")}
-                )
+                response = client.post("/explain", files={"file": ("big.png", data, "image/png")})
                 outcome = (response.status_code, response.json()["probability"])
-        except BaseException as exc:  # noqa: BLE001  (reported below)
+        except BaseException as exc:
             outcome = exc
         with lock:
             results.append(outcome)
@@ -160,11 +145,7 @@ def test_sigterm_lets_in_flight_requests_finish(start_server, tiny_bundle, tmp_p
     with httpx.Client(base_url=server.base_url, timeout=10) as probe:
         while time.monotonic() < deadline:  # wait until all four are inside the app
             metrics = probe.get("/metrics").text
-            line = next(
-                l
-                for l in metrics.splitlines()
-                if l.startswith("pneumonia_http_requests_in_flight")
-            )
+            line = next(row for row in metrics.splitlines() if row.startswith("pneumonia_http_requests_in_flight"))
             if float(line.split()[-1]) >= len(uploads) + 1:  # +1: this /metrics request
                 break
             time.sleep(0.05)
@@ -175,9 +156,7 @@ def test_sigterm_lets_in_flight_requests_finish(start_server, tiny_bundle, tmp_p
     for thread in threads:
         thread.join(timeout=120)
     code = server.process.wait(timeout=90)
-    assert all(isinstance(r, tuple) and r[0] == 200 for r in results) and len(
-        results
-    ) == len(uploads), results
+    assert all(isinstance(r, tuple) and r[0] == 200 for r in results) and len(results) == len(uploads), results
     # uvicorn re-raises the SIGTERM it caught once shutdown is complete: -15 is its clean exit status
     assert code in (0, -signal.SIGTERM), code
     log = server.log()

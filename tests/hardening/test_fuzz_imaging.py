@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-import corpus
 import numpy as np
 import pytest
 from hypothesis import example, given
@@ -17,6 +16,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from app.imaging import ImageInputError, decode_image, to_model_input
+from tests.hardening import corpus
 
 # decoder warnings are silenced by app.imaging, but pytest resets warning filters around each test
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -44,15 +44,11 @@ def seeds() -> dict[str, bytes]:
     exif[0x0112] = 6
     return {
         "png": corpus.encode(gray, "PNG"),
-        "png16": corpus.encode(
-            Image.fromarray(np.asarray(gray, dtype=np.uint16) * 257), "PNG"
-        ),
+        "png16": corpus.encode(Image.fromarray(np.asarray(gray, dtype=np.uint16) * 257), "PNG"),
         "png_palette": corpus.encode(gray.convert("P"), "PNG", transparency=0),
         "jpeg": corpus.encode(gray, "JPEG", quality=80),
         "jpeg_exif": corpus.encode(gray, "JPEG", exif=exif.tobytes()),
-        "jpeg_progressive": corpus.encode(
-            gray.convert("CMYK"), "JPEG", progressive=True
-        ),
+        "jpeg_progressive": corpus.encode(gray.convert("CMYK"), "JPEG", progressive=True),
         "dicom": corpus.dicom_bytes(),
         "dicom_mono1": corpus.dicom_bytes(photometric="MONOCHROME1"),
     }
@@ -65,18 +61,12 @@ def mutated(draw) -> bytes:
     for _ in range(draw(st.integers(1, 6))):
         if not data:
             break
-        op = draw(
-            st.sampled_from(
-                ["flip", "set", "insert", "delete", "truncate", "splice_int"]
-            )
-        )
+        op = draw(st.sampled_from(["flip", "set", "insert", "delete", "truncate", "splice_int"]))
         at = draw(st.integers(0, max(len(data) - 1, 0)))
         if op == "flip":
             data[at] ^= 1 << draw(st.integers(0, 7))
         elif op == "set":
-            data[at] = draw(
-                st.sampled_from([0x00, 0xFF, 0x7F, 0x80, draw(st.integers(0, 255))])
-            )
+            data[at] = draw(st.sampled_from([0x00, 0xFF, 0x7F, 0x80, draw(st.integers(0, 255))]))
         elif op == "insert":
             data[at:at] = draw(st.binary(min_size=1, max_size=16))
         elif op == "delete":
@@ -85,9 +75,7 @@ def mutated(draw) -> bytes:
             del data[at:]
         else:  # overwrite 2 or 4 bytes with an extreme integer (lengths, dimensions, tags)
             width = draw(st.sampled_from([2, 4]))
-            value = draw(
-                st.sampled_from([0, 1, 2**15, 2**16 - 1, 2**31 - 1, 2**32 - 1])
-            )
+            value = draw(st.sampled_from([0, 1, 2**15, 2**16 - 1, 2**31 - 1, 2**32 - 1]))
             data[at : at + width] = (value % (1 << (8 * width))).to_bytes(
                 width, draw(st.sampled_from(["big", "little"]))
             )

@@ -11,6 +11,7 @@ including for a malformed DICOM whose parser warnings would quote the file's byt
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import os
 import tempfile
@@ -18,12 +19,12 @@ import time
 import uuid
 from pathlib import Path
 
-import corpus
 import httpx
 import numpy as np
 import pytest
 from PIL import Image, PngImagePlugin
 
+from tests.hardening import corpus
 from tests.support import copy_bundle
 
 MARKER = f"HARDENING-{uuid.uuid4().hex}"
@@ -47,11 +48,7 @@ def server(start_server, tiny_bundle, tmp_path_factory, spool_dir):
 
 def marked_png(side: int, seed: int, noise: bool) -> bytes:
     rng = np.random.default_rng(seed)
-    pixels = (
-        rng.integers(0, 256, (side, side), dtype=np.uint8)
-        if noise
-        else corpus.xray(side)
-    )
+    pixels = rng.integers(0, 256, (side, side), dtype=np.uint8) if noise else corpus.xray(side)
     info = PngImagePlugin.PngInfo()
     info.add_text("Comment", MARKER)
     buffer = io.BytesIO()
@@ -61,9 +58,7 @@ def marked_png(side: int, seed: int, noise: bool) -> bytes:
 
 def marked_jpeg(side: int) -> bytes:
     buffer = io.BytesIO()
-    Image.fromarray(corpus.xray(side)).save(
-        buffer, format="JPEG", comment=MARKER.encode()
-    )
+    Image.fromarray(corpus.xray(side)).save(buffer, format="JPEG", comment=MARKER.encode())
     return buffer.getvalue()
 
 
@@ -77,13 +72,11 @@ def marked_bad_dicom() -> bytes:
 
 def snapshot(root: Path) -> dict[str, float]:
     found = {}
-    for dirpath, dirnames, filenames in os.walk(root, onerror=lambda e: None):
+    for dirpath, _dirnames, filenames in os.walk(root, onerror=lambda e: None):
         for name in filenames:
             path = os.path.join(dirpath, name)
-            try:
+            with contextlib.suppress(OSError):  # a file that vanished between listing and stat
                 found[path] = os.stat(path).st_mtime
-            except OSError:
-                pass
     return found
 
 
@@ -94,9 +87,7 @@ def open_temp_files(pid: int, spool_dir: Path) -> list[str]:
             target = os.readlink(fd)
         except OSError:
             continue
-        if "(deleted)" in target or target.startswith(
-            (str(spool_dir), tempfile.gettempdir() + "/tmp")
-        ):
+        if "(deleted)" in target or target.startswith((str(spool_dir), tempfile.gettempdir() + "/tmp")):
             targets.append(target)
     return targets
 
@@ -106,12 +97,7 @@ def test_uploads_never_touch_disk_or_logs(server, spool_dir):
     uploads: list[bytes] = []
     with httpx.Client(base_url=server.base_url, timeout=120) as client:
         # warm-up: the first /explain traces the Grad-CAM graph (TensorFlow may write generated code to TMPDIR)
-        assert (
-            client.post(
-                "/explain", files={"file": ("warmup.png", corpus.png_bytes(64))}
-            ).status_code
-            == 200
-        )
+        assert client.post("/explain", files={"file": ("warmup.png", corpus.png_bytes(64))}).status_code == 200
         spool_before, system_before = snapshot(spool_dir), snapshot(system_tmp)
         fds_before = open_temp_files(server.process.pid, spool_dir)
         started = time.time()
@@ -120,16 +106,10 @@ def test_uploads_never_touch_disk_or_logs(server, spool_dir):
         sizes = [64, 256, 512, 1024, 1536, 2048, 2600]
         for i in range(48):
             side = sizes[i % len(sizes)]
-            data = (
-                marked_png(side, i, noise=side >= 1024)
-                if i % 3
-                else marked_jpeg(min(side, 1024))
-            )
+            data = marked_png(side, i, noise=side >= 1024) if i % 3 else marked_jpeg(min(side, 1024))
             uploads.append(data)
             endpoint = "/explain" if i % 8 == 0 else "/predict"
-            response = client.post(
-                endpoint, files={"file": (f"{NAME}-{i}.png", data, "image/png")}
-            )
+            response = client.post(endpoint, files={"file": (f"{NAME}-{i}.png", data, "image/png")})
             assert response.status_code == 200, response.text[:300]
         assert max(len(u) for u in uploads) > 5 * 1024 * 1024
         for bad in (
@@ -155,24 +135,14 @@ def test_uploads_never_touch_disk_or_logs(server, spool_dir):
             yield big[half:]
             yield f"\r\n--{corpus.BOUNDARY}--\r\n".encode()
 
-        response = client.post(
-            "/predict", content=slow_body(), headers=corpus.MULTIPART_HEADERS
-        )
+        response = client.post("/predict", content=slow_body(), headers=corpus.MULTIPART_HEADERS)
         assert response.status_code == 200, response.text[:300]
 
     assert held == [fds_before], f"temp files open while an upload streamed in: {held}"
-    assert snapshot(spool_dir) == spool_before, (
-        "the server wrote to its TMPDIR while handling uploads"
-    )
-    changed = [
-        p
-        for p, mtime in snapshot(system_tmp).items()
-        if system_before.get(p) != mtime and mtime >= started - 1
-    ]
+    assert snapshot(spool_dir) == spool_before, "the server wrote to its TMPDIR while handling uploads"
+    changed = [p for p, mtime in snapshot(system_tmp).items() if system_before.get(p) != mtime and mtime >= started - 1]
     leaked = []
-    for path in (
-        changed
-    ):  # other processes share /tmp: search what changed for the uploads' marker
+    for path in changed:  # other processes share /tmp: search what changed for the uploads' marker
         try:
             with open(path, "rb") as handle:
                 if MARKER.encode() in handle.read(64 * 1024 * 1024):
@@ -182,9 +152,7 @@ def test_uploads_never_touch_disk_or_logs(server, spool_dir):
     assert not leaked, f"upload bytes found on disk: {leaked}"
 
     log = server.log()
-    assert (
-        "POST /predict 200" in log
-    )  # the access log is on (app and uvicorn run at DEBUG level)
+    assert "POST /predict 200" in log  # the access log is on (app and uvicorn run at DEBUG level)
     forbidden = [
         MARKER[:20],
         NAME,
@@ -196,10 +164,7 @@ def test_uploads_never_touch_disk_or_logs(server, spool_dir):
         "DICM",
     ]
     forbidden += [
-        base64.b64encode(data[i : i + 24]).decode()
-        for data in uploads
-        for i in (0, 3, 120)
-        if len(data) >= i + 24
+        base64.b64encode(data[i : i + 24]).decode() for data in uploads for i in (0, 3, 120) if len(data) >= i + 24
     ]
     found = [needle for needle in forbidden if needle in log]
     assert not found, f"upload content or names in the server log: {found[:5]}"

@@ -23,9 +23,7 @@ def server(shared_server):
     return shared_server  # session-wide server from tests/hardening/conftest.py
 
 
-def run_schemathesis(
-    server, tmp_path, *, max_examples: int, phases: str, timeout_s: int
-) -> None:
+def run_schemathesis(server, tmp_path, *, max_examples: int, phases: str, timeout_s: int) -> None:
     command = [
         str(SCHEMATHESIS), "run", f"{server.base_url}/openapi.json",
         "--checks", "all", "--exclude-checks", "positive_data_acceptance",
