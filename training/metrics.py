@@ -95,7 +95,9 @@ def bootstrap_intervals(
     }
 
 
-def split_metrics(name: str, y: np.ndarray, p: np.ndarray, threshold: float, *, samples: int, seed: int) -> SplitMetrics:
+def split_metrics(
+    name: str, y: np.ndarray, p: np.ndarray, threshold: float, *, samples: int, seed: int
+) -> SplitMetrics:
     return SplitMetrics(
         split=name,
         n_images=int(len(y)),
@@ -123,7 +125,9 @@ def _youden_threshold(y: np.ndarray, p: np.ndarray) -> float:
     return float(thresholds[finite][np.argmax((tpr - fpr)[finite])])
 
 
-def operating_points(y: np.ndarray, p: np.ndarray, perturbed: dict[str, np.ndarray] | None = None) -> list[OperatingPoint]:
+def operating_points(
+    y: np.ndarray, p: np.ndarray, perturbed: dict[str, np.ndarray] | None = None
+) -> list[OperatingPoint]:
     """Named thresholds chosen on (validation) predictions.
 
     youden          maximises sensitivity + specificity - 1
@@ -194,7 +198,9 @@ def fit_platt(y: np.ndarray, logits: np.ndarray) -> tuple[float, float]:
         q = np.clip(sigmoid(np.exp(params[0]) * z + params[1]), _EPS, 1 - _EPS)
         return float(-np.mean(y * np.log(q) + (1 - y) * np.log(1 - q)))
 
-    result = minimize(nll, x0=np.zeros(2), method="Nelder-Mead", options={"xatol": 1e-6, "fatol": 1e-9, "maxiter": 2000})
+    result = minimize(
+        nll, x0=np.zeros(2), method="Nelder-Mead", options={"xatol": 1e-6, "fatol": 1e-9, "maxiter": 2000}
+    )
     return float(np.exp(result.x[0])), float(result.x[1])
 
 
