@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.bundle import RESEARCH_DISCLAIMER, BundleMetadata, OperatingPoint
+from app.explain import COLOUR_SCALE, DEFAULT_METHOD, METHOD_NAMES
 
 _EXAMPLE_MODEL = {"name": "mobilenetv2-192", "version": "1.0.0", "backbone": "mobilenetv2", "sha256": "3f5a" + "0" * 60}
 
@@ -55,6 +56,22 @@ class Prediction(BaseModel):
     disclaimer: str = RESEARCH_DISCLAIMER
 
 
+class ExplanationMap(BaseModel):
+    width: int = Field(gt=0)
+    height: int = Field(gt=0)
+    values: str = Field(
+        description="Base64 of width*height little-endian float32 values, row-major (row 0 = top of the image), "
+        "each in [0, 1]: the raw map, scaled so its maximum is 1 (all 0 when nothing supports the class)"
+    )
+    resolution: Literal["model_input", "native"] = Field(
+        description="model_input: the map resized to the model's input (e.g. 192x192, the image as the model saw "
+        "it, stretched to a square); native: the method's own grid"
+    )
+    method: Literal[METHOD_NAMES]  # type: ignore[valid-type]
+    layers: list[str] = Field(description="Model layers the map is read from (empty for the baselines)")
+    explained_class: Literal["NORMAL", "PNEUMONIA"]
+
+
 class Explanation(Prediction):
     model_config = ConfigDict(
         protected_namespaces=(),
@@ -64,12 +81,25 @@ class Explanation(Prediction):
                     **Prediction.model_config["json_schema_extra"]["examples"][0],  # type: ignore[index]
                     "heatmap": "iVBORw0KGgoAAAANSUhEUgAA...",
                     "heatmap_format": "png",
+                    "method": DEFAULT_METHOD,
+                    "explained_class": "PNEUMONIA",
+                    "map": {
+                        "width": 192, "height": 192, "values": "AAAAAAAAgD8...", "resolution": "model_input",
+                        "method": DEFAULT_METHOD, "layers": ["out_relu"], "explained_class": "PNEUMONIA",
+                    },
                 }
             ]
         },
     )
-    heatmap: str = Field(description="Base64 PNG: Grad-CAM overlay at the uploaded image's size")
+    heatmap: str = Field(description="Base64 PNG: the map over the image at the uploaded image's size, with a colour "
+                         "bar at the right edge. " + COLOUR_SCALE)
     heatmap_format: Literal["png"] = "png"
+    method: Literal[METHOD_NAMES] = Field(description="Saliency method of the map (?method=)")  # type: ignore[valid-type]
+    explained_class: Literal["NORMAL", "PNEUMONIA"] = Field(
+        description="The class the map explains: the predicted label. PNEUMONIA maps the gradient of the logit, "
+        "NORMAL that of the negative logit (evidence for NORMAL)"
+    )
+    map: ExplanationMap
 
 
 class Health(BaseModel):

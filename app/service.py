@@ -29,6 +29,7 @@ from app.bundle import (
 )
 from app.cache import new_prediction_id
 from app.config import Settings
+from app.explain.explainer import ExplainRequest, ExplanationResult
 from app.imaging import DecodedImage, decode_image, to_model_input
 from app.inference import OnnxClassifier
 from app.store import open_store
@@ -82,7 +83,7 @@ class Analysis:
     prediction_id: str
     image: DecodedImage
     probability: float
-    heatmap_png: bytes | None = None
+    explanation: ExplanationResult | None = None
 
 
 def probe_image(size: int = 256) -> np.ndarray:
@@ -136,42 +137,43 @@ class ModelService:
         """P(pneumonia) for a decoded image, exactly as POST /predict computes it."""
         return self._predict(self._model_input(image))
 
-    def _heatmap_png(self, image: DecodedImage, batch: np.ndarray) -> bytes:
-        from app.gradcam import encode_png, overlay
-
+    def _explain(self, image: DecodedImage, batch: np.ndarray, probability: float, how: ExplainRequest) -> ExplanationResult:
+        """The map for the class predicted at the request's threshold (NORMAL: evidence for NORMAL)."""
         started = time.perf_counter()
-        heatmap = self.gradcam.heatmap(batch)[0]
-        png = encode_png(overlay(image.pixels, heatmap))
+        threshold = self.metadata.operating_point().threshold if how.threshold is None else how.threshold
+        explained_class = "PNEUMONIA" if probability >= threshold else "NORMAL"
+        result = self.gradcam.explain(image.pixels, batch, explained_class, how.method)
         self._observe("explain", time.perf_counter() - started)
-        return png
+        return result
 
-    def _analyse_sync(self, data: bytes, explain: bool) -> tuple[DecodedImage, float, bytes | None]:
+    def _analyse_sync(self, data: bytes, explain: ExplainRequest | None) -> tuple[DecodedImage, float, ExplanationResult | None]:
         image = decode_image(data, max_pixels=self.settings.max_pixels)
         batch = self._model_input(image)  # once, shared by the prediction and the heatmap
         probability = self._predict(batch)
-        return image, probability, (self._heatmap_png(image, batch) if explain else None)
+        return image, probability, (None if explain is None else self._explain(image, batch, probability, explain))
 
-    def _explain_image_sync(self, image: DecodedImage) -> bytes:
-        return self._heatmap_png(image, self._model_input(image))
+    def _explain_image_sync(self, image: DecodedImage, probability: float, how: ExplainRequest) -> ExplanationResult:
+        return self._explain(image, self._model_input(image), probability, how)
 
     # --- async API used by the routes ----------------------------------------------------------------------
-    async def analyse(self, data: bytes, *, explain: bool = False) -> Analysis:
-        if explain:
+    async def analyse(self, data: bytes, *, explain: ExplainRequest | None = None) -> Analysis:
+        if explain is not None:
             self._require_explanations()
         async with self.limiter.slot():
-            image, probability, png = await to_thread.run_sync(self._analyse_sync, data, explain)
+            image, probability, result = await to_thread.run_sync(self._analyse_sync, data, explain)
         prediction_id = new_prediction_id()
         await self.cache.put(prediction_id, image, probability)
-        return Analysis(prediction_id=prediction_id, image=image, probability=probability, heatmap_png=png)
+        return Analysis(prediction_id=prediction_id, image=image, probability=probability, explanation=result)
 
-    async def explain_cached(self, prediction_id: str) -> Analysis | None:
+    async def explain_cached(self, prediction_id: str, how: ExplainRequest | None = None) -> Analysis | None:
         self._require_explanations()
+        how = how or ExplainRequest()
         entry = await self.cache.get(prediction_id)
         if entry is None:
             return None
         async with self.limiter.slot():
-            png = await to_thread.run_sync(self._explain_image_sync, entry.image)
-        return Analysis(prediction_id=prediction_id, image=entry.image, probability=entry.probability, heatmap_png=png)
+            result = await to_thread.run_sync(self._explain_image_sync, entry.image, entry.probability, how)
+        return Analysis(prediction_id=prediction_id, image=entry.image, probability=entry.probability, explanation=result)
 
 
 # --- loading -------------------------------------------------------------------------------------------------
@@ -204,7 +206,7 @@ def _load_gradcam(bundle_dir: Path, metadata: BundleMetadata, settings: Settings
     try:
         import keras
 
-        from app.gradcam import GradCam
+        from app.explain import Explainer
     except ImportError as exc:
         log.warning("TensorFlow/Keras cannot be imported (%s); /explain is disabled", exc)
         return None, None, "Grad-CAM explanations are unavailable: TensorFlow is not installed in this deployment."
@@ -214,7 +216,7 @@ def _load_gradcam(bundle_dir: Path, metadata: BundleMetadata, settings: Settings
     except Exception as exc:  # Keras raises many types for unreadable archives
         raise BundleError(f"{keras_path}: Keras cannot load the model ({exc})") from exc
     try:
-        gradcam = GradCam(model, metadata.gradcam_layer, metadata.logit_layer)
+        gradcam = Explainer(model, metadata.gradcam_layer, metadata.logit_layer)
     except ValueError as exc:
         raise BundleError(f"{keras_path}: {exc}") from exc
     return model, gradcam, None
@@ -238,7 +240,7 @@ def self_test(classifier: OnnxClassifier, metadata: BundleMetadata, keras_model:
                 "model.onnx and model.keras are not the same network"
             )
     if gradcam is not None:
-        heatmap = gradcam.heatmap(batch)
+        heatmap = gradcam.method()(batch)  # the default method, traced here rather than on a first request
         if heatmap.ndim != 3 or not np.all(np.isfinite(heatmap)) or heatmap.min() < 0 or heatmap.max() > 1:
             raise BundleError("self-test failed: Grad-CAM produced a non-finite or out-of-range heatmap")
     return report

@@ -79,6 +79,12 @@ def encode_map(values: np.ndarray) -> str:
 
 
 @dataclass(frozen=True)
+class ExplainRequest:
+    method: str | None = None  # None: the default method
+    threshold: float | None = None  # decides the explained class (the predicted one); None: the bundle's default
+
+
+@dataclass(frozen=True)
 class ExplanationResult:
     png: bytes  # overlay with colour bar, at the uploaded image's size
     values: np.ndarray  # (H, W) float32 in [0, 1] at the model-input resolution

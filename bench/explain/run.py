@@ -44,6 +44,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--scale", type=float, default=1.0, help="fraction of the sample quotas (quick runs)")
     parser.add_argument("--methods", default=",".join(METHOD_NAMES))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--grid-only", action="store_true", help="only draw the validation grid of the served default")
     return parser.parse_args(argv)
 
 
@@ -197,6 +198,18 @@ def markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
+def write_grid(model, metadata, val, val_logits: np.ndarray, method_name: str, out_dir: Path) -> Path:
+    """The validation overlay grid (training.report.cam_grid) with `method_name`, each map for the predicted class."""
+    from training.report import cam_grid
+
+    method = build_method(method_name, model, metadata.gradcam_layer, metadata.logit_layer)
+    probabilities = 1.0 / (1.0 + np.exp(-val_logits))
+    title = f"{metadata.name}: {method_name} ({', '.join(method.layers) or 'baseline'}) on validation (research use only)"
+    threshold = metadata.operating_point().threshold
+    out = out_dir / f"validation_grid_{method_name}.png"
+    return cam_grid(val.images, val.labels, probabilities, threshold, method, out, title)
+
+
 def main(argv: list[str] | None = None) -> int:
     import keras
 
@@ -213,6 +226,10 @@ def main(argv: list[str] | None = None) -> int:
     val = decode_samples(read_split(args.split, args.data)["val"], size, workers=2, desc="validation")
     threshold = metadata.operating_point().threshold
     val_logits = score(val.images.astype(np.float32))
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.grid_only:
+        log.info("wrote %s", write_grid(model, metadata, val, val_logits, DEFAULT_METHOD, args.out))
+        return 0
     chosen = select_sample(val, val_logits, threshold, args.scale, args.seed)
     images = val.images[chosen].astype(np.float32)
     logits = val_logits[chosen]
@@ -266,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
         "wall_seconds": time.perf_counter() - started[1],
         "model_evaluations": score.calls,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
+    write_grid(model, metadata, val, val_logits, default, args.out)
     (args.out / "explanations.json").write_text(json.dumps(report, indent=1) + "\n")
     (args.out / "explanations.md").write_text(markdown(report))
     print(markdown(report))

@@ -1,3 +1,6 @@
+"""app.explain: every saliency method's contract, the class sign, the overlay and its colour bar."""
+
+import base64
 import io
 
 import numpy as np
@@ -5,11 +8,160 @@ import pytest
 from PIL import Image
 
 from app.bundle import PARITY_TOLERANCE
-from app.gradcam import JET, encode_png, overlay
+from app.explain import (
+    JET,
+    METHOD_NAMES,
+    METHODS,
+    CentralBlob,
+    Explainer,
+    GradCAM,
+    GradCAMPlusPlus,
+    HiResCAM,
+    LayerCAM,
+    RandomMap,
+    draw_colour_bar,
+    encode_map,
+    encode_png,
+    layer_at_stride,
+    overlay,
+)
 from app.imaging import to_model_input
 from app.service import probe_image
 
 
+# --- a hand-built model whose every feature pushes towards PNEUMONIA ----------------------------------------
+@pytest.fixture(scope="module")
+def positive_model():
+    """16x16 input -> 'feat' (4x4x2, relu, positive kernel) -> 'late' (2x2) -> mean -> 'logit' (positive)."""
+    import keras
+
+    inputs = keras.Input((16, 16, 3), name="image")
+    feat = keras.layers.Conv2D(2, 4, strides=4, activation="relu", name="feat", kernel_initializer="ones")(inputs)
+    late = keras.layers.Conv2D(2, 2, strides=2, activation="relu", name="late", kernel_initializer="ones")(feat)
+    pooled = keras.layers.GlobalAveragePooling2D()(late)
+    logit = keras.layers.Dense(1, name="logit", kernel_initializer="ones")(pooled)
+    return keras.Model(inputs, keras.layers.Activation("sigmoid", name="probability")(logit))
+
+
+def _bright_corner() -> np.ndarray:
+    image = np.zeros((1, 16, 16, 3), np.float32)
+    image[:, :8, :8] = 1.0  # only the top-left quarter has signal
+    return image
+
+
+@pytest.mark.parametrize("cls", [GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM])
+def test_pneumonia_map_follows_the_evidence_and_normal_map_is_empty(positive_model, cls):
+    method = cls(positive_model, "feat", "logit")
+    image = _bright_corner()
+    pneumonia, normal = method(image, 1.0)[0], method(image, -1.0)[0]
+    assert pneumonia.shape == (16, 16) and pneumonia.max() == pytest.approx(1.0)
+    assert pneumonia[:6, :6].min() > pneumonia[10:, 10:].max()  # hot where the signal is
+    assert np.all(normal == 0.0)  # no feature lowers the logit: nothing is evidence for NORMAL
+
+
+def test_negating_the_logit_swaps_the_classes(positive_model):
+    """The NORMAL map of a model equals the PNEUMONIA map of the same model with its logit negated."""
+    import keras
+
+    negated = keras.models.clone_model(positive_model)
+    negated.set_weights(positive_model.get_weights())
+    kernel, bias = negated.get_layer("logit").get_weights()
+    negated.get_layer("logit").set_weights([-kernel, -bias])
+    image = _bright_corner()
+    original = GradCAM(positive_model, "feat", "logit")(image, 1.0)
+    flipped = GradCAM(negated, "feat", "logit")(image, -1.0)
+    np.testing.assert_allclose(flipped, original, atol=1e-6)
+
+
+def test_multi_layer_fusion_reads_every_layer(positive_model):
+    method = LayerCAM(positive_model, ("feat", "late"), "logit")
+    assert method.layers == ("feat", "late") and method.native_size == (4, 4)
+    maps = method(np.repeat(_bright_corner(), 3, axis=0), [1.0, -1.0, 1.0])
+    assert maps.shape == (3, 16, 16) and maps[0].max() == pytest.approx(1.0) and np.all(maps[1] == 0)
+
+
+def test_a_missing_layer_is_a_value_error(positive_model):
+    with pytest.raises(ValueError, match="not found"):
+        GradCAM(positive_model, "no_such_layer", "logit")
+
+
+def test_layer_at_stride_finds_the_last_layer_of_that_resolution(positive_model):
+    assert layer_at_stride(positive_model, 4) == "feat" and layer_at_stride(positive_model, 8) == "late"
+    with pytest.raises(ValueError):
+        layer_at_stride(positive_model, 3)
+
+
+def test_signs_other_than_plus_or_minus_one_are_refused(positive_model):
+    with pytest.raises(ValueError):
+        GradCAM(positive_model, "feat", "logit")(_bright_corner(), 0.5)
+
+
+def test_central_blob_is_the_same_centred_map_for_every_image():
+    blob = CentralBlob((16, 16, 3))
+    maps = blob(np.random.default_rng(0).uniform(0, 255, (2, 16, 16, 3)).astype(np.float32), -1.0)
+    assert np.array_equal(maps[0], maps[1]) and maps.max() <= 1.0
+    assert maps[0, 7:9, 7:9].min() > maps[0, 0, 0]
+
+
+def test_random_map_is_seeded_by_the_image():
+    rng = np.random.default_rng(1)
+    a, b = rng.uniform(0, 255, (2, 1, 16, 16, 3)).astype(np.float32)
+    random = RandomMap((16, 16, 3), grid=(4, 4))
+    assert np.array_equal(random(a), random(a)) and not np.array_equal(random(a), random(b))
+    assert random(a).min() == 0.0 and random(a).max() == pytest.approx(1.0)
+
+
+# --- every served method on the tiny bundle ---------------------------------------------------------------
+@pytest.mark.parametrize("name", METHOD_NAMES)
+@pytest.mark.parametrize("explained_class", ["PNEUMONIA", "NORMAL"])
+def test_every_method_gives_a_map_at_the_model_input_in_0_1(loaded_service, name, explained_class):
+    explainer: Explainer = loaded_service.gradcam
+    size = loaded_service.metadata.input_size
+    gray = probe_image()
+    batch = to_model_input(gray, size)[None]
+    result = explainer.explain(gray, batch, explained_class, name)
+    assert result.method == name and result.explained_class == explained_class
+    assert result.values.shape == size and result.values.dtype == np.float32
+    assert np.all(np.isfinite(result.values)) and result.values.min() >= 0.0 and result.values.max() <= 1.0
+    assert len(result.layers) == len(METHODS[name][1])
+    assert Image.open(io.BytesIO(result.png)).size == (gray.shape[1], gray.shape[0])
+
+
+def test_unknown_method_is_refused(loaded_service):
+    with pytest.raises(ValueError, match="unknown explanation method"):
+        loaded_service.gradcam.method("saliency_by_vibes")
+
+
+def test_gradcam_traces_once_per_method(loaded_service):
+    cam = loaded_service.gradcam.method("gradcam")
+    one = to_model_input(probe_image(), loaded_service.metadata.input_size)[None]
+    cam(one)
+    traces = cam.tracing_count
+    cam(one, -1.0)
+    cam(np.repeat(one, 3, axis=0))  # another batch size and sign: same signature, no retrace
+    assert cam.tracing_count == traces
+
+
+def test_gradcam_logits_match_the_served_probability(loaded_service):
+    """The map is built from the logit (pre-sigmoid): sigmoid(logit) must be the served probability."""
+    batch = to_model_input(probe_image(), loaded_service.metadata.input_size)[None]
+    _, logits = loaded_service.gradcam.method("gradcam").maps_and_logits(batch)
+    probability = loaded_service.classifier.predict(batch)[0]
+    assert 1.0 / (1.0 + np.exp(-logits[0])) == pytest.approx(probability, abs=PARITY_TOLERANCE)
+
+
+def test_gradcam_rejects_wrong_input_shape(loaded_service):
+    with pytest.raises(ValueError):
+        loaded_service.gradcam.method("gradcam")(np.zeros((1, 7, 7, 3), np.float32))
+
+
+def test_encode_map_is_little_endian_float32_row_major():
+    values = np.arange(6, dtype=np.float32).reshape(2, 3) / 5
+    decoded = np.frombuffer(base64.b64decode(encode_map(values)), dtype="<f4").reshape(2, 3)
+    assert np.array_equal(decoded, values)
+
+
+# --- drawing ------------------------------------------------------------------------------------------------
 def test_overlay_is_rgb_at_the_image_size():
     gray = np.full((50, 70), 100, np.uint8)
     heatmap = np.zeros((7, 7), np.float32)
@@ -45,6 +197,21 @@ def test_overlay_rejects_invalid_input(gray, heatmap):
         overlay(gray, heatmap)
 
 
+def test_colour_bar_runs_red_at_the_top_to_blue_at_the_bottom_inside_the_image():
+    rgb = np.full((400, 300, 3), 128, np.uint8)
+    out = draw_colour_bar(rgb)
+    assert out.shape == rgb.shape and not np.array_equal(out, rgb) and np.array_equal(rgb, np.full_like(rgb, 128))
+    column = out[:, 300 - 300 // 64 - 2]  # inside the bar
+    coloured = np.flatnonzero(np.any(column != 128, axis=1) & np.any(column != 0, axis=1))
+    top, bottom = column[coloured[0] + 1].astype(int), column[coloured[-1] - 1].astype(int)
+    assert top[0] > top[2] and bottom[2] > bottom[0]
+
+
+def test_colour_bar_leaves_a_tiny_image_alone():
+    rgb = np.zeros((6, 6, 3), np.uint8)
+    assert np.array_equal(draw_colour_bar(rgb), rgb)
+
+
 def test_jet_lut_runs_blue_to_red():
     assert JET.shape == (256, 3) and JET.dtype == np.uint8
     assert JET[0, 2] > JET[0, 0] and JET[255, 0] > JET[255, 2]
@@ -54,31 +221,3 @@ def test_encode_png_round_trips():
     rgb = np.random.default_rng(1).integers(0, 256, (20, 30, 3), dtype=np.uint8)
     decoded = np.asarray(Image.open(io.BytesIO(encode_png(rgb))))
     assert np.array_equal(decoded, rgb)
-
-
-def test_gradcam_heatmap_shape_range_and_single_trace(loaded_service):
-    cam = loaded_service.gradcam
-    assert cam is not None
-    size = loaded_service.metadata.input_size
-    one = to_model_input(probe_image(), size)[None]
-    maps = cam.heatmap(one)
-    assert maps.ndim == 3 and maps.shape[0] == 1 and maps.dtype == np.float32
-    assert np.all(np.isfinite(maps)) and maps.min() >= 0.0 and maps.max() <= 1.0
-    traces = cam.tracing_count
-    cam.heatmap(one)
-    cam.heatmap(np.repeat(one, 3, axis=0))  # another batch size: same signature, no retrace
-    assert cam.tracing_count == traces
-
-
-def test_gradcam_logits_match_the_keras_logit_layer(loaded_service):
-    """The map is built from the logit (pre-sigmoid): sigmoid(logit) must be the served probability."""
-    size = loaded_service.metadata.input_size
-    batch = to_model_input(probe_image(), size)[None]
-    _, logits = loaded_service.gradcam.heatmap_and_logits(batch)
-    probability = loaded_service.classifier.predict(batch)[0]
-    assert 1.0 / (1.0 + np.exp(-logits[0])) == pytest.approx(probability, abs=PARITY_TOLERANCE)
-
-
-def test_gradcam_rejects_wrong_input_shape(loaded_service):
-    with pytest.raises(ValueError):
-        loaded_service.gradcam.heatmap(np.zeros((1, 7, 7, 3), np.float32))

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import base64
+import json
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Path, Query, Request, Response
@@ -10,7 +11,14 @@ from app.api.errors import ApiError, error_responses
 from app.api.routes.predict import prediction_fields
 from app.api.uploads import UPLOAD_REQUEST_BODY, read_upload
 from app.bundle import RESEARCH_DISCLAIMER
-from app.schemas import Explanation
+from app.explain import (
+    COLOUR_SCALE,
+    DEFAULT_METHOD,
+    METHOD_NAMES,
+    ExplainRequest,
+    encode_map,
+)
+from app.schemas import Explanation, ExplanationMap
 from app.service import Analysis, ModelService
 
 router = APIRouter(tags=["explain"])
@@ -18,9 +26,18 @@ router = APIRouter(tags=["explain"])
 FormatQuery = Annotated[
     Literal["json", "png"], Query(description="json: Explanation with a base64 PNG; png: the overlay image itself")
 ]
+MethodQuery = Annotated[
+    Literal[METHOD_NAMES],  # type: ignore[valid-type]
+    Query(
+        description=f"Saliency method (default {DEFAULT_METHOD}, chosen by the faithfulness benchmark in the README, "
+        "'Explanations: which map to trust'). central_blob and random are the benchmark's baselines: maps that do "
+        "not depend on the model, served for comparison. Unknown names: 422."
+    ),
+]
 PNG_RESPONSE = {
     200: {
-        "description": "Explanation JSON, or with ?format=png the overlay PNG (headers X-Probability, X-Label, X-Disclaimer)",
+        "description": "Explanation JSON, or with ?format=png the overlay PNG (headers X-Probability, X-Label, "
+        "X-Disclaimer, X-Method, X-Explained-Class, X-Map-Layers, X-Warnings: a JSON list). " + COLOUR_SCALE,
         "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
     }
 }
@@ -28,10 +45,11 @@ PNG_RESPONSE = {
 
 def _respond(service: ModelService, analysis: Analysis, decision, fmt: str) -> Explanation | Response:
     fields = prediction_fields(service, analysis, decision)
-    assert analysis.heatmap_png is not None
+    result = analysis.explanation
+    assert result is not None
     if fmt == "png":
         return Response(
-            content=analysis.heatmap_png,
+            content=result.png,
             media_type="image/png",
             headers={
                 "X-Disclaimer": RESEARCH_DISCLAIMER,
@@ -39,23 +57,46 @@ def _respond(service: ModelService, analysis: Analysis, decision, fmt: str) -> E
                 "X-Label": fields["label"],
                 "X-Threshold": f"{decision.threshold:g}",
                 "X-Prediction-Id": analysis.prediction_id,
+                "X-Method": result.method,
+                "X-Explained-Class": result.explained_class,
+                "X-Map-Layers": ",".join(result.layers),
+                "X-Warnings": json.dumps(fields["warnings"]),  # ASCII: json escapes anything else
             },
         )
-    return Explanation(**fields, heatmap=base64.b64encode(analysis.heatmap_png).decode("ascii"), heatmap_format="png")
+    height, width = result.values.shape
+    return Explanation(
+        **fields,
+        heatmap=base64.b64encode(result.png).decode("ascii"),
+        heatmap_format="png",
+        method=result.method,
+        explained_class=result.explained_class,
+        map=ExplanationMap(
+            width=width, height=height, values=encode_map(result.values), resolution=result.resolution,
+            method=result.method, layers=list(result.layers), explained_class=result.explained_class,
+        ),
+    )
 
 
 @router.post(
     "/explain",
     response_model=Explanation,
-    summary="Prediction plus a Grad-CAM overlay (research use only)",
-    description="Same input as /predict. The heatmap shows which regions drove the model's logit; it is not a "
-    "localisation of disease.",
+    summary="Prediction plus a saliency map and its overlay (research use only)",
+    description="Same input as /predict. The map explains the predicted class: for PNEUMONIA the regions that "
+    "raised the model's logit, for NORMAL those that lowered it (evidence for NORMAL). `map` holds the raw values "
+    "(base64 float32, 0..1, at the model-input resolution); `heatmap` is the overlay PNG. " + COLOUR_SCALE
+    + " It shows what drove the model's score, not a localisation of disease.",
     openapi_extra={"requestBody": UPLOAD_REQUEST_BODY},
     responses={**error_responses(400, 413, 415, 422, 503), **PNG_RESPONSE},
 )
-async def explain(request: Request, service: ServiceDep, decision: DecisionDep, format: FormatQuery = "json"):
+async def explain(
+    request: Request,
+    service: ServiceDep,
+    decision: DecisionDep,
+    format: FormatQuery = "json",
+    method: MethodQuery = DEFAULT_METHOD,
+):
     data = await read_upload(request)
-    analysis = await service.analyse(data, explain=True)
+    analysis = await service.analyse(data, explain=ExplainRequest(method, decision.threshold))
     return _respond(service, analysis, decision, format)
 
 
@@ -70,8 +111,9 @@ async def explain_cached(
     decision: DecisionDep,
     prediction_id: Annotated[str, Path(max_length=64, description="prediction_id from /predict")],
     format: FormatQuery = "json",
+    method: MethodQuery = DEFAULT_METHOD,
 ):
-    analysis = await service.explain_cached(prediction_id)
+    analysis = await service.explain_cached(prediction_id, ExplainRequest(method, decision.threshold))
     if analysis is None:
         raise ApiError(
             404, "prediction_not_found",
