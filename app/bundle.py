@@ -20,7 +20,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-SCHEMA_VERSION = 1
+# 2: adds `input_check` (the out-of-distribution detector and orientation check) and `adaptation`.
+# Version-1 bundles still read: they serve with the input check's detector "unavailable".
+SCHEMA_VERSION = 2
 ONNX_FILENAME = "model.onnx"
 KERAS_FILENAME = "model.keras"
 METADATA_FILENAME = "metadata.json"
@@ -112,8 +114,35 @@ class FileChecksums(_Strict):
     keras_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
 
 
+class InputCheckSpec(_Strict):
+    """The fitted input check stored beside the models (app/input_check.py reads it)."""
+
+    filename: str = "input_check.npz"
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    statistics_outputs: list[str] = Field(min_length=1, description="ONNX outputs with per-channel [E[x], E[x^2]].")
+    layers: list[str] = Field(min_length=1, description="Layers of model.keras whose statistics those outputs are.")
+    threshold: float = Field(description="Out-of-distribution score above which an image is refused.")
+    fitted_on: str = Field(description="Images the detector and the orientation classifier were fitted on.")
+    threshold_chosen_on: str
+    validation_acceptance: float = Field(ge=0.0, le=1.0, description="Share of clean validation X-rays accepted.")
+    method: str
+
+
+class Adaptation(_Strict):
+    """How an adapted bundle was derived from its source (python -m training adapt)."""
+
+    method: str
+    source_bundle: str
+    source_version: str
+    n_images: int = Field(ge=1)
+    images_sha256: str = Field(description="SHA-256 over the sorted SHA-256s of the adaptation images.")
+    adapted_at: datetime
+    skipped: int = 0
+    note: str = ""
+
+
 class BundleMetadata(_Strict):
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: Literal[1, 2] = SCHEMA_VERSION
     name: str = Field(description="Human-readable model name, e.g. 'mobilenetv2-192'.")
     version: str
     backbone: str
@@ -141,6 +170,8 @@ class BundleMetadata(_Strict):
     limitations: list[str]
     disclaimer: str = RESEARCH_DISCLAIMER
     checksums: FileChecksums
+    input_check: InputCheckSpec | None = Field(default=None, description="None in bundles before schema 2.")
+    adaptation: Adaptation | None = None
 
     @model_validator(mode="after")
     def _default_point_exists(self) -> BundleMetadata:

@@ -11,7 +11,8 @@ import time
 import uuid
 from collections import OrderedDict, deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from app.imaging import DecodedImage
 
@@ -21,6 +22,7 @@ class CachedPrediction:
     image: DecodedImage
     probability: float
     created_at: float
+    input_check: dict[str, Any] = field(default_factory=dict)  # the verdict given with the prediction
 
     @property
     def nbytes(self) -> int:
@@ -49,8 +51,10 @@ class PredictionCache:
         self._bytes = 0
         self._lock = threading.Lock()
 
-    def put(self, key: str, image: DecodedImage, probability: float) -> None:
-        entry = CachedPrediction(image=image, probability=float(probability), created_at=self._clock())
+    def put(self, key: str, image: DecodedImage, probability: float, input_check: dict[str, Any] | None = None) -> None:
+        entry = CachedPrediction(
+            image=image, probability=float(probability), created_at=self._clock(), input_check=input_check or {}
+        )
         with self._lock:
             if self.max_entries <= 0 or (self.max_bytes is not None and entry.nbytes > self.max_bytes):
                 return

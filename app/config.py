@@ -41,6 +41,11 @@ class Settings(BaseSettings):
         description="redis://host:port/db: share predictions between workers and replicas (unset or empty: in memory).",
     )
     explain_enabled: bool = True
+    input_check: Literal["refuse", "warn", "off"] = Field(
+        default="refuse",
+        description="What to do with an image that is not a frontal chest X-ray: refuse (HTTP 422 not_a_chest_xray), "
+        "warn (answer, with accepted=false and the reasons in warnings) or off (no check). Per request: ?input_check=",
+    )
     self_test_tolerance: float = Field(default=PARITY_TOLERANCE, gt=0)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
 

@@ -91,6 +91,7 @@ class DecodedImage:
     pixels: np.ndarray  # (H, W) uint8
     source_format: str  # "JPEG", "PNG" or "DICOM"
     warnings: tuple[str, ...] = field(default=())
+    colour_deviation: float = 0.0  # mean channel spread of a colour upload (0 for grayscale); app.input_check
 
     @property
     def height(self) -> int:
@@ -193,30 +194,28 @@ def _decode_pillow(data: bytes, max_pixels: int) -> DecodedImage:
         try:
             image.load()
             image = ImageOps.exif_transpose(image)
-            gray, colour_note = _pil_to_gray(image)
+            gray, deviation = _pil_to_gray(image)
         except _DECODER_ERRORS as exc:  # Pillow reports broken streams (and broken EXIF) this way
             raise CorruptImageError(f"The {source_format} file is damaged or truncated ({_short(exc)}).") from exc
-    if colour_note:
-        notes.append(colour_note)
-    return DecodedImage(pixels=gray, source_format=source_format, warnings=tuple(notes))
+    if deviation > COLOUR_NOTE_THRESHOLD:
+        notes.append("The image has colour content; chest X-rays are grayscale. Is this an X-ray?")
+    return DecodedImage(pixels=gray, source_format=source_format, warnings=tuple(notes), colour_deviation=deviation)
 
 
-def _pil_to_gray(image: Image.Image) -> tuple[np.ndarray, str | None]:
-    """Any Pillow mode -> (H, W) uint8. Deeper-than-8-bit data is stretched min..max."""
+def _pil_to_gray(image: Image.Image) -> tuple[np.ndarray, float]:
+    """Any Pillow mode -> ((H, W) uint8, colour deviation). Deeper-than-8-bit data is stretched min..max."""
     mode = image.mode
     if mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
-        return _stretch_to_uint8(np.asarray(image, dtype=np.float64)), None
+        return _stretch_to_uint8(np.asarray(image, dtype=np.float64)), 0.0
     if mode in ("P", "PA", "LA", "RGBA", "La", "RGBa"):
         # Transparent pixels become black (the background of an X-ray), not an arbitrary palette colour.
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
         image = Image.alpha_composite(background, rgba).convert("RGB")
     if image.mode != "L":
-        colour_note = None
-        if colour_deviation(np.asarray(image.convert("RGB"))) > COLOUR_NOTE_THRESHOLD:
-            colour_note = "The image has colour content; chest X-rays are grayscale. Is this an X-ray?"
-        return np.asarray(image.convert("L"), dtype=np.uint8), colour_note
-    return np.asarray(image, dtype=np.uint8), None
+        deviation = colour_deviation(np.asarray(image.convert("RGB")))
+        return np.asarray(image.convert("L"), dtype=np.uint8), deviation
+    return np.asarray(image, dtype=np.uint8), 0.0
 
 
 def colour_deviation(rgb: np.ndarray) -> float:
@@ -286,8 +285,13 @@ def _decode_dicom_dataset(data: bytes, max_pixels: int) -> DecodedImage:
         values = apply_voi_lut(apply_modality_lut(pixels, dataset), dataset).astype(np.float64)
         if str(dataset.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1":
             values = values.max() - values  # MONOCHROME1: low values are white
+        deviation = 0.0
     else:
-        values = np.asarray(pixels, dtype=np.float64).mean(axis=-1)
+        rgb = np.asarray(pixels)
+        deviation = colour_deviation(_stretch_to_uint8(rgb.astype(np.float64))) if rgb.ndim == 3 else 0.0
+        values = rgb.astype(np.float64).mean(axis=-1)
     if values.ndim != 2:
         raise CorruptImageError(f"Unexpected DICOM pixel array shape {values.shape}.")
-    return DecodedImage(pixels=_stretch_to_uint8(values), source_format="DICOM", warnings=tuple(notes))
+    return DecodedImage(
+        pixels=_stretch_to_uint8(values), source_format="DICOM", warnings=tuple(notes), colour_deviation=deviation
+    )

@@ -29,16 +29,26 @@ class OnnxClassifier:
             raise BundleError(f"{path}: no ONNX output named {metadata.onnx_output_name!r} (has {sorted(outputs)})")
         shape = inputs[metadata.onnx_input_name].shape
         expected = [metadata.preprocessing.input_height, metadata.preprocessing.input_width, 3]
-        if len(shape) != 4 or any(isinstance(d, int) and d != e for d, e in zip(shape[1:], expected)):
+        if len(shape) != 4 or any(isinstance(d, int) and d != e for d, e in zip(shape[1:], expected, strict=True)):
             raise BundleError(f"{path}: ONNX input shape {shape} does not match metadata (N, {expected})")
         self.input_name = metadata.onnx_input_name
         self.output_name = metadata.onnx_output_name
         self.input_size = metadata.input_size
+        # The input check's per-depth statistics come from the same run as the probability (schema 2).
+        self.statistics_names = list(metadata.input_check.statistics_outputs) if metadata.input_check else []
+        missing = [name for name in self.statistics_names if name not in outputs]
+        if missing:
+            raise BundleError(f"{path}: no ONNX outputs {missing} named by the input check (has {sorted(outputs)})")
+        self._outputs = [self.output_name, *self.statistics_names]
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """(N, H, W, 3) float32 RGB 0..255 -> (N,) P(pneumonia)."""
+        return self.run(batch)[0]
+
+    def run(self, batch: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+        """(N, H, W, 3) -> ((N,) P(pneumonia), one (N, 2C) statistics array per input-check depth): one run."""
         batch = np.asarray(batch, dtype=np.float32)
         if batch.ndim != 4 or batch.shape[1:] != (*self.input_size, 3):
             raise ValueError(f"expected a batch of shape (N, {self.input_size[0]}, {self.input_size[1]}, 3), got {batch.shape}")
-        (probabilities,) = self.session.run([self.output_name], {self.input_name: batch})
-        return np.asarray(probabilities, dtype=np.float64).reshape(batch.shape[0], -1)[:, 0]
+        probabilities, *statistics = self.session.run(self._outputs, {self.input_name: batch})
+        return np.asarray(probabilities, dtype=np.float64).reshape(batch.shape[0], -1)[:, 0], statistics

@@ -26,6 +26,28 @@ class InputInfo(BaseModel):
     height: int
 
 
+class InputCheck(BaseModel):
+    """The input check's verdict: is this a frontal chest X-ray the model may be asked about?"""
+
+    accepted: bool = Field(description="False: refused (HTTP 422 under policy refuse; a warning under warn)")
+    reasons: list[str] = Field(
+        description="Why it was refused, and what was done to it (e.g. 'rotated back to upright')"
+    )
+    policy: Literal["refuse", "warn", "off"]
+    detector: Literal["available", "unavailable", "off"] = Field(
+        description="unavailable: the bundle has no fitted detector (schema 1), only cheap pixel checks ran"
+    )
+    ood_score: float | None = Field(
+        None, description="Out-of-distribution score (0: typical validation X-ray; 1: its 99th percentile)"
+    )
+    ood_threshold: float | None = Field(None, description="Scores above this are refused")
+    orientation: str = Field("upright", description="Orientation found in the upload")
+    rotated_back_degrees: int = Field(0, description="Counter-clockwise turn applied before scoring (0, 90, 180, 270)")
+    mirrored: bool = Field(False, description="True when the upload was flipped back left-right before scoring")
+    measurements: dict[str, float] = Field(default_factory=dict, description="The numbers behind each check")
+    note: str | None = None
+
+
 class Prediction(BaseModel):
     model_config = ConfigDict(
         protected_namespaces=(),
@@ -40,6 +62,12 @@ class Prediction(BaseModel):
                     "prediction_id": "9b2f6c1e0d4a4b57a1f0c3d2e8b7a6f5",
                     "warnings": [],
                     "input": {"format": "JPEG", "width": 1024, "height": 1024},
+                    "input_check": {
+                        "accepted": True, "reasons": [], "policy": "refuse", "detector": "available",
+                        "ood_score": 0.12, "ood_threshold": 1.43, "orientation": "upright",
+                        "rotated_back_degrees": 0, "mirrored": False,
+                        "measurements": {"pixel_std": 52.1, "noise_ratio": 0.1, "aspect_ratio": 1.2},
+                    },
                     "disclaimer": RESEARCH_DISCLAIMER,
                 }
             ]
@@ -53,6 +81,7 @@ class Prediction(BaseModel):
     prediction_id: str = Field(description="Use with GET /explain/{prediction_id} while it is cached")
     warnings: list[str]
     input: InputInfo
+    input_check: InputCheck
     disclaimer: str = RESEARCH_DISCLAIMER
 
 
@@ -126,6 +155,8 @@ class ModelCard(BaseModel):
     intended_use: str
     limitations: list[str]
     explain_available: bool
+    input_check: dict | None = Field(description="The fitted input check (method, threshold, validation acceptance); None: unavailable")
+    adaptation: dict | None = Field(description="How this bundle was adapted to a site's unlabeled images; None: not adapted")
     checksums: dict[str, str]
     disclaimer: str = RESEARCH_DISCLAIMER
 
@@ -147,6 +178,8 @@ class ModelCard(BaseModel):
             intended_use=metadata.intended_use,
             limitations=metadata.limitations,
             explain_available=explain_available,
+            input_check=metadata.input_check.model_dump(mode="json") if metadata.input_check else None,
+            adaptation=metadata.adaptation.model_dump(mode="json") if metadata.adaptation else None,
             checksums=metadata.checksums.model_dump(mode="json"),
             disclaimer=metadata.disclaimer or RESEARCH_DISCLAIMER,
         )

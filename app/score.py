@@ -1,8 +1,8 @@
 """Score a folder of chest X-rays in-process: `python -m app.score DIR --out scores.csv`.
 
 The service's own path without HTTP: `load_service` (bundle verification and self-test), `decode_image`, the
-ONNX model and the bundle's operating points. The input-check columns say `unavailable` until the service has
-an input check (issue 9). Every JPEG, PNG and DICOM file under DIR (recursively) gets one CSV row; a file that
+input check, ONNX model and the bundle's operating points (the check as under `warn`: a refused image keeps its
+probability and says why it was refused). Every JPEG, PNG and DICOM file under DIR (recursively) gets one CSV row; a file that
 cannot be used gets its error code (the one /predict would answer with) and the run goes on.
 
 Resumable: each row is written and flushed as soon as it is known, and a re-run skips every path already in
@@ -25,8 +25,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from app.bundle import RESEARCH_DISCLAIMER, BundleError, OperatingPoint
 from app.config import Settings
 from app.imaging import (
@@ -35,7 +33,6 @@ from app.imaging import (
     DecodedImage,
     ImageInputError,
     decode_image,
-    to_model_input,
 )
 from app.service import ModelService, load_service
 
@@ -44,7 +41,6 @@ COLUMNS = (
     "error_code", "error_message",
 )  # fmt: skip
 EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".dcm", ".dicom"})
-UNAVAILABLE = "unavailable"
 PROGRESS_EVERY_S = 5.0
 
 
@@ -52,7 +48,6 @@ PROGRESS_EVERY_S = 5.0
 class Decoded:
     path: str  # relative to the scored folder, POSIX separators: the resume key
     image: DecodedImage | None = None
-    model_input: np.ndarray | None = None
     error_code: str = ""
     error_message: str = ""
 
@@ -117,7 +112,7 @@ class RowWriter:
 
 
 # --- the work ---------------------------------------------------------------------------------------------------
-def decode_file(root: Path, relative: str, settings: Settings, input_size: tuple[int, int]) -> Decoded:
+def decode_file(root: Path, relative: str, settings: Settings) -> Decoded:
     """Read and decode one file exactly as /predict decodes an upload; never raises."""
     path = root / relative
     try:
@@ -125,7 +120,7 @@ def decode_file(root: Path, relative: str, settings: Settings, input_size: tuple
             return Decoded(relative, error_code="upload_too_large",
                            error_message=f"The file exceeds the upload limit of {settings.max_upload_bytes:,} bytes.")  # fmt: skip
         image = decode_image(path.read_bytes(), max_pixels=settings.max_pixels)
-        return Decoded(relative, image=image, model_input=to_model_input(image, input_size))
+        return Decoded(relative, image=image)
     except ImageInputError as exc:
         return Decoded(relative, error_code=exc.code, error_message=exc.message)
     except OSError as exc:
@@ -144,22 +139,22 @@ def batched(items: list[str], size: int) -> Iterator[list[str]]:
 def score_batch(
     service: ModelService, batch: list[Decoded], threshold: float, point: str
 ) -> list[tuple[dict[str, str], float | None]]:
-    """One (CSV row, probability) per item; one onnxruntime run for the batch's decodable images."""
-    usable = [d for d in batch if d.model_input is not None]
-    inputs = np.stack([d.model_input for d in usable if d.model_input is not None]) if usable else None
-    probabilities = [] if inputs is None else [float(p) for p in service.classifier.predict(inputs)]
-    by_path = dict(zip([d.path for d in usable], probabilities, strict=True))
+    """One (CSV row, probability) per item, each through the service's own input check and ONNX run.
+
+    The check runs as under `warn`: a refused image still gets its probability, with accepted=false and the
+    reasons, so one pass over an archive says both what the model thinks and whether to believe it.
+    """
     scored: list[tuple[dict[str, str], float | None]] = []
     for item in batch:
         row = dict.fromkeys(COLUMNS, "")
         row.update(path=item.path, error_code=item.error_code, error_message=item.error_message)
-        probability = by_path.get(item.path)
-        if probability is not None:
+        probability = None
+        if item.image is not None:
+            _, _, probability, check = service.assess(item.image, "warn")
             row.update(
                 probability=str(probability), label="PNEUMONIA" if probability >= threshold else "NORMAL",
                 operating_point=point, threshold=str(threshold),
-                # The service has no input check yet (issue 9); the columns say so rather than pass silently.
-                input_check_accepted=UNAVAILABLE, input_check_reasons=UNAVAILABLE,
+                input_check_accepted=str(check.accepted).lower(), input_check_reasons=" | ".join(check.reasons),
             )  # fmt: skip
         scored.append((row, probability))
     return scored
@@ -171,7 +166,7 @@ Scored = list[tuple[Decoded, dict[str, str], float | None]]
 def process_chunk(
     service: ModelService, root: Path, chunk: list[str], settings: Settings, point: OperatingPoint
 ) -> Scored:
-    batch = [decode_file(root, path, settings, service.metadata.input_size) for path in chunk]
+    batch = [decode_file(root, path, settings) for path in chunk]
     scored = score_batch(service, batch, point.threshold, point.name)
     return [(item, row, probability) for item, (row, probability) in zip(batch, scored, strict=True)]
 

@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +30,9 @@ from app.bundle import (
 from app.cache import new_prediction_id
 from app.config import Settings
 from app.explain.explainer import ExplainRequest, ExplanationResult
-from app.imaging import DecodedImage, decode_image, to_model_input
+from app.imaging import DecodedImage, ImageInputError, decode_image, to_model_input
 from app.inference import OnnxClassifier
+from app.input_check import InputChecker, InputCheckResult, Policy, load_checker
 from app.store import open_store
 
 log = logging.getLogger("app.service")
@@ -45,6 +46,17 @@ class ServiceBusyError(RuntimeError):
 
 class ExplainUnavailableError(RuntimeError):
     """Grad-CAM is not available for this deployment."""
+
+
+class NotAChestXrayError(ImageInputError):
+    """The input check refused the image (policy `refuse`): the verdict travels with the 422."""
+
+    code = "not_a_chest_xray"
+    status_code = 422
+
+    def __init__(self, check: InputCheckResult):
+        super().__init__("Not accepted as a frontal chest X-ray: " + "; ".join(check.reasons) + ".")
+        self.check = check
 
 
 class ConcurrencyLimiter:
@@ -83,6 +95,7 @@ class Analysis:
     prediction_id: str
     image: DecodedImage
     probability: float
+    input_check: InputCheckResult
     explanation: ExplanationResult | None = None
 
 
@@ -102,6 +115,7 @@ class ModelService:
         metadata: BundleMetadata,
         classifier: OnnxClassifier,
         gradcam: Any | None,
+        checker: InputChecker | None = None,
         explain_unavailable_reason: str | None = None,
         observe_inference: Callable[[str, float], None] | None = None,
         on_reject: Callable[[], None] | None = None,
@@ -110,6 +124,7 @@ class ModelService:
         self.metadata = metadata
         self.classifier = classifier
         self.gradcam = gradcam
+        self.checker = checker or InputChecker(None, "No input check was loaded.")
         self.explain_unavailable_reason = explain_unavailable_reason
         self.cache = open_store(settings)  # in memory, or Redis shared by replicas (PNEUMONIA_CACHE_URL)
         self.limiter = ConcurrencyLimiter(settings.max_concurrency, settings.max_queue, on_reject=on_reject)
@@ -119,6 +134,15 @@ class ModelService:
     def explain_available(self) -> bool:
         return self.gradcam is not None
 
+    def size_warnings(self, image: DecodedImage) -> list[str]:
+        height, width = self.metadata.input_size
+        if image.height < height or image.width < width:
+            return [
+                f"The image ({image.width}x{image.height}) is smaller than the model input ({width}x{height}) "
+                "and was upscaled; the result may be unreliable."
+            ]
+        return []
+
     def _require_explanations(self) -> None:
         if self.gradcam is None:
             raise ExplainUnavailableError(self.explain_unavailable_reason or "Grad-CAM is not available.")
@@ -127,15 +151,31 @@ class ModelService:
     def _model_input(self, image: DecodedImage) -> np.ndarray:
         return to_model_input(image, self.metadata.input_size)[None]  # (1, H, W, 3) float32 0..255
 
-    def _predict(self, batch: np.ndarray) -> float:
+    def _predict(self, batch: np.ndarray) -> tuple[float, list[np.ndarray]]:
         started = time.perf_counter()
-        probability = float(self.classifier.predict(batch)[0])
+        probabilities, statistics = self.classifier.run(batch)
         self._observe("predict", time.perf_counter() - started)
-        return probability
+        return float(probabilities[0]), statistics
 
-    def predict_image(self, image: DecodedImage) -> float:
-        """P(pneumonia) for a decoded image, exactly as POST /predict computes it."""
-        return self._predict(self._model_input(image))
+    def assess(self, image: DecodedImage, policy: Policy) -> tuple[DecodedImage, np.ndarray, float, InputCheckResult]:
+        """Input check and P(pneumonia) in one ONNX run, exactly as POST /predict computes them.
+
+        Returns the image as scored (turned back upright when the check found it rotated or mirrored), its
+        model input, the probability and the verdict. Under `refuse`, a refused image raises NotAChestXrayError.
+        """
+        batch = self._model_input(image)
+        check, scored = self.checker.inspect(image, batch[0, :, :, 0], policy)
+        if scored is not image:
+            image, batch = scored, self._model_input(scored)
+        probability, statistics = self._predict(batch)
+        self.checker.score(check, statistics)
+        if policy == "refuse" and not check.accepted:
+            raise NotAChestXrayError(check)
+        return image, batch, probability, check
+
+    def predict_image(self, image: DecodedImage, policy: Policy = "off") -> float:
+        """P(pneumonia) for a decoded image (no input check unless asked)."""
+        return self.assess(image, policy)[2]
 
     def _explain(self, image: DecodedImage, batch: np.ndarray, probability: float, how: ExplainRequest) -> ExplanationResult:
         """The map for the class predicted at the request's threshold (NORMAL: evidence for NORMAL)."""
@@ -146,24 +186,28 @@ class ModelService:
         self._observe("explain", time.perf_counter() - started)
         return result
 
-    def _analyse_sync(self, data: bytes, explain: ExplainRequest | None) -> tuple[DecodedImage, float, ExplanationResult | None]:
+    def _analyse_sync(
+        self, data: bytes, explain: ExplainRequest | None, policy: Policy
+    ) -> tuple[DecodedImage, float, InputCheckResult, ExplanationResult | None]:
         image = decode_image(data, max_pixels=self.settings.max_pixels)
-        batch = self._model_input(image)  # once, shared by the prediction and the heatmap
-        probability = self._predict(batch)
-        return image, probability, (None if explain is None else self._explain(image, batch, probability, explain))
+        image, batch, probability, check = self.assess(image, policy)  # batch shared with the heatmap
+        return image, probability, check, (None if explain is None else self._explain(image, batch, probability, explain))
 
     def _explain_image_sync(self, image: DecodedImage, probability: float, how: ExplainRequest) -> ExplanationResult:
         return self._explain(image, self._model_input(image), probability, how)
 
     # --- async API used by the routes ----------------------------------------------------------------------
-    async def analyse(self, data: bytes, *, explain: ExplainRequest | None = None) -> Analysis:
+    async def analyse(
+        self, data: bytes, *, explain: ExplainRequest | None = None, policy: Policy | None = None
+    ) -> Analysis:
         if explain is not None:
             self._require_explanations()
+        policy = policy or self.settings.input_check
         async with self.limiter.slot():
-            image, probability, result = await to_thread.run_sync(self._analyse_sync, data, explain)
+            image, probability, check, result = await to_thread.run_sync(self._analyse_sync, data, explain, policy)
         prediction_id = new_prediction_id()
-        await self.cache.put(prediction_id, image, probability)
-        return Analysis(prediction_id=prediction_id, image=image, probability=probability, explanation=result)
+        await self.cache.put(prediction_id, image, probability, asdict(check))
+        return Analysis(prediction_id, image, probability, check, explanation=result)
 
     async def explain_cached(self, prediction_id: str, how: ExplainRequest | None = None) -> Analysis | None:
         self._require_explanations()
@@ -173,7 +217,11 @@ class ModelService:
             return None
         async with self.limiter.slot():
             result = await to_thread.run_sync(self._explain_image_sync, entry.image, entry.probability, how)
-        return Analysis(prediction_id=prediction_id, image=entry.image, probability=entry.probability, explanation=result)
+        check = InputCheckResult(**entry.input_check) if entry.input_check else self._unchecked()
+        return Analysis(prediction_id, entry.image, entry.probability, check, explanation=result)
+
+    def _unchecked(self) -> InputCheckResult:
+        return InputCheckResult(accepted=True, policy="off", detector="off", note="stored without an input check")
 
 
 # --- loading -------------------------------------------------------------------------------------------------
@@ -255,9 +303,14 @@ def load_service(settings: Settings, **hooks: Any) -> ModelService:
     if (bundle_dir / KERAS_FILENAME).is_file():  # verify both checksums before the slow TensorFlow import
         verify_file(bundle_dir, KERAS_FILENAME, metadata.checksums.keras_sha256)
     classifier = OnnxClassifier(onnx_path, metadata, settings)
+    checker = load_checker(bundle_dir, metadata.input_check)
+    if checker.model is None:
+        log.warning("input check: %s", checker.unavailable_reason)
     keras_model, gradcam, reason = _load_gradcam(bundle_dir, metadata, settings)
     report = self_test(classifier, metadata, keras_model, gradcam, settings.self_test_tolerance)
     log.info("self-test passed: %s", ", ".join(f"{k}={v:.6g}" for k, v in report.items()))
     if reason:
         log.warning("serving without explanations: %s", reason)
-    return ModelService(settings, metadata, classifier, gradcam, explain_unavailable_reason=reason, **hooks)
+    return ModelService(
+        settings, metadata, classifier, gradcam, checker=checker, explain_unavailable_reason=reason, **hooks
+    )

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import struct
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -41,7 +41,7 @@ class StoreUnavailableError(RuntimeError):
 
 
 class PredictionStore(Protocol):
-    async def put(self, key: str, image: DecodedImage, probability: float) -> None:
+    async def put(self, key: str, image: DecodedImage, probability: float, input_check: dict[str, Any]) -> None:
         """Keep the prediction for the TTL; never raises (a failure is logged and the entry dropped)."""
 
     async def get(self, key: str) -> CachedPrediction | None:
@@ -55,9 +55,9 @@ class MemoryStore:
         self.max_entry_bytes = settings.cache_max_entry_bytes
         self.cache = PredictionCache(settings.cache_size, settings.cache_ttl_s, max_bytes=settings.cache_max_bytes)
 
-    async def put(self, key: str, image: DecodedImage, probability: float) -> None:
+    async def put(self, key: str, image: DecodedImage, probability: float, input_check: dict[str, Any]) -> None:
         if image.pixels.nbytes <= self.max_entry_bytes:
-            self.cache.put(key, image, probability)
+            self.cache.put(key, image, probability, input_check)
 
     async def get(self, key: str) -> CachedPrediction | None:
         return self.cache.get(key)
@@ -66,8 +66,8 @@ class MemoryStore:
         return None
 
 
-def encode_entry(image: DecodedImage, probability: float) -> bytes:
-    """Header length, JSON header (shape, format, notes, probability), then the raw uint8 pixels.
+def encode_entry(image: DecodedImage, probability: float, input_check: dict[str, Any]) -> bytes:
+    """Header length, JSON header (shape, format, notes, probability, input check), then the raw uint8 pixels.
 
     A fixed, data-only format: whatever is in Redis is parsed, never unpickled.
     """
@@ -78,6 +78,7 @@ def encode_entry(image: DecodedImage, probability: float) -> bytes:
             "format": image.source_format,
             "warnings": list(image.warnings),
             "probability": float(probability),
+            "input_check": input_check,
         }
     ).encode()
     return _HEADER_LENGTH.pack(len(header)) + header + pixels.tobytes()
@@ -90,7 +91,9 @@ def decode_entry(blob: bytes) -> CachedPrediction:
     height, width = header["shape"]
     pixels = np.frombuffer(blob, dtype=np.uint8, count=height * width, offset=start + length).reshape(height, width)
     image = DecodedImage(pixels=pixels, source_format=header["format"], warnings=tuple(header["warnings"]))
-    return CachedPrediction(image=image, probability=float(header["probability"]), created_at=0.0)
+    return CachedPrediction(
+        image=image, probability=float(header["probability"]), created_at=0.0, input_check=header.get("input_check", {})
+    )
 
 
 class RedisStore:
@@ -107,13 +110,13 @@ class RedisStore:
         )
         self.where = _redacted(url)
 
-    async def put(self, key: str, image: DecodedImage, probability: float) -> None:
+    async def put(self, key: str, image: DecodedImage, probability: float, input_check: dict[str, Any]) -> None:
         if image.pixels.nbytes > self.max_entry_bytes:
             return
         from redis.exceptions import RedisError
 
         try:
-            await self.client.set(KEY_PREFIX + key, encode_entry(image, probability), px=self.ttl_ms)
+            await self.client.set(KEY_PREFIX + key, encode_entry(image, probability, input_check), px=self.ttl_ms)
         except (RedisError, OSError) as exc:
             log.warning("prediction store %s: not stored (%s: %s)", self.where, type(exc).__name__, exc)
 

@@ -201,6 +201,64 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- input-check ----
+
+
+def add_input_check(sub: argparse._SubParsersAction) -> None:
+    check = sub.add_parser(
+        "input-check",
+        help="give an existing bundle the input check (OOD detector, orientation), fitted on its recorded split",
+    )
+    check.add_argument("--bundle", required=True, help="bundle directory to start from; required")
+    check.add_argument("--split", required=True, help="split.csv the bundle was trained with (e.g. results/<run>/split.csv); required")
+    check.add_argument("--data", required=True, help="dataset root the split's relative paths resolve against; required")
+    check.add_argument("--out", help="bundle directory to write (default: replace --bundle; the old one is kept as .previous)")
+    check.set_defaults(func=cmd_input_check)
+
+
+def cmd_input_check(args: argparse.Namespace) -> int:
+    from training import export
+
+    _setup_logging(None)
+    out = Path(args.out or args.bundle)
+    bundle = export.add_input_check(Path(args.bundle), Path(args.data), Path(args.split), out)
+    print(f"bundle with input check written to {bundle}")
+    return 0
+
+
+# ---- adapt ----
+
+
+def add_adapt(sub: argparse._SubParsersAction) -> None:
+    from training.adapt import DEFAULT_MIN_IMAGES
+
+    adapt = sub.add_parser(
+        "adapt",
+        help="site adaptation: re-estimate BatchNorm statistics on a folder of unlabeled X-rays (AdaBN)",
+        description="Writes a new bundle; the source bundle is never modified. Thresholds and calibration stay "
+        "those chosen on the source model's validation split.",
+    )
+    adapt.add_argument("--bundle", required=True, help="source bundle directory; required")
+    adapt.add_argument("--images", required=True, help="folder of the site's JPEG/PNG/DICOM X-rays, searched recursively; required")
+    adapt.add_argument("--out", required=True, help="bundle directory to write (must differ from --bundle); required")
+    adapt.add_argument(
+        "--min-images",
+        type=int,
+        default=DEFAULT_MIN_IMAGES,
+        help=f"refuse with fewer usable chest X-rays than this (default: {DEFAULT_MIN_IMAGES})",
+    )
+    adapt.set_defaults(func=cmd_adapt)
+
+
+def cmd_adapt(args: argparse.Namespace) -> int:
+    from training.adapt import adapt_bundle
+
+    _setup_logging(None)
+    bundle = adapt_bundle(Path(args.bundle), Path(args.images), Path(args.out), min_images=args.min_images)
+    print(f"adapted bundle written to {bundle}")
+    return 0
+
+
 # ---- publish ----
 
 
@@ -222,7 +280,9 @@ def cmd_publish(args: argparse.Namespace) -> int:
 
 
 # One registrar per subcommand: a new command is one more function here.
-COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (add_train, add_evaluate, add_export, add_publish)
+COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
+    add_train, add_evaluate, add_export, add_input_check, add_adapt, add_publish
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

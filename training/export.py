@@ -24,6 +24,7 @@ from app.bundle import (
     BundleMetadata,
     DataSummary,
     FileChecksums,
+    InputCheckSpec,
     LogitCalibration,
     OperatingPoint,
     Preprocessing,
@@ -32,7 +33,8 @@ from app.bundle import (
     utc_now,
     write_metadata,
 )
-from training import layout, provenance
+from app.input_check import INPUT_CHECK_FILENAME, STATISTICS_OUTPUT_PREFIX
+from training import layout, ood, provenance
 from training.backbones import BACKBONES, LOGIT_LAYER
 from training.config import TrainConfig
 from training.data import decode_samples
@@ -267,6 +269,8 @@ def export_bundle(
     staging.mkdir(parents=True)
     try:
         conversion = _write_models(run_dir, run, staging, parity_tolerance)
+        split = layout.read_run_split(run_dir)
+        input_check = write_input_check(staging, split["train"], split["val"], run.config.image_size, run.config.seed)
         checksums = FileChecksums(
             onnx_sha256=sha256_file(staging / ONNX_FILENAME), keras_sha256=sha256_file(staging / KERAS_FILENAME)
         )
@@ -277,13 +281,13 @@ def export_bundle(
             conversion=conversion,
             checksums=checksums,
             created_at=utc_now(),
-        )
+        ).model_copy(update={"input_check": input_check})
         write_metadata(staging, metadata)
         (staging / MODEL_CARD_FILENAME).write_text(model_card(metadata))
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)  # a failed export leaves no debris next to the old bundle
         raise
-    _replace_directory(staging, out_dir)
+    replace_directory(staging, out_dir)
     return out_dir
 
 
@@ -296,7 +300,8 @@ def _write_models(run_dir: Path, run: RunModel, staging: Path, parity_tolerance:
     checkpoint = layout.model_dir(run_dir, run.backbone) / layout.BEST_CHECKPOINT
     model = bake_calibration(keras.models.load_model(checkpoint, compile=False), calibration)
     model.save(staging / KERAS_FILENAME)
-    input_name, output_name = convert_to_onnx(model, image_size, staging / ONNX_FILENAME)
+    served = ood.with_statistics(model, ood.statistic_layers(model))  # probability + the input check's statistics
+    input_name, output_name = convert_to_onnx(served, image_size, staging / ONNX_FILENAME)
     probe = decode_samples(
         layout.read_run_split(run_dir)["val"][:PARITY_IMAGES], (image_size, image_size), desc="parity"
     )
@@ -305,7 +310,82 @@ def _write_models(run_dir: Path, run: RunModel, staging: Path, parity_tolerance:
     return Conversion(input_name, output_name, difference, parity_tolerance)
 
 
-def _replace_directory(staging: Path, target: Path) -> None:
+def write_input_check(staging: Path, train: list, val: list, image_size: int, seed: int) -> InputCheckSpec:
+    """Fit the input check through the staged model.onnx on the training X-rays, threshold it on validation."""
+    import keras
+    import onnxruntime as ort
+
+    layer_names = ood.statistic_layers(keras.models.load_model(staging / KERAS_FILENAME, compile=False))
+    size = (image_size, image_size)
+    train_images = decode_samples(train, size, desc="input check: train").images[..., 0]  # (N, H, W)
+    val_images = decode_samples(val, size, desc="input check: validation").images[..., 0]
+    session = ort.InferenceSession(str(staging / ONNX_FILENAME), providers=["CPUExecutionProvider"])
+    outputs = [o.name for o in session.get_outputs() if o.name.startswith(STATISTICS_OUTPUT_PREFIX)]
+    fitted = ood.fit_input_check(session, layer_names, train_images, val_images, seed=seed)
+    fitted.model.save(staging / INPUT_CHECK_FILENAME)
+    return InputCheckSpec(
+        sha256=sha256_file(staging / INPUT_CHECK_FILENAME),
+        statistics_outputs=outputs,
+        layers=list(fitted.model.layer_names),
+        threshold=fitted.model.threshold,
+        fitted_on=f"{len(train_images)} training X-rays (detector; orientation on {ood.THUMBNAIL_IMAGES} of them)",
+        threshold_chosen_on=f"{len(val_images)} validation X-rays, {ood.VALIDATION_ACCEPTANCE:.1%} quantile",
+        validation_acceptance=fitted.validation_acceptance,
+        method=(
+            f"max over {len(outputs)} depths of a Mahalanobis distance of channel mean/std features "
+            f"({ood.SUBSPACE_DIMS}-dim principal subspace + residual), each normalised on validation; "
+            "orientation, mirroring and polarity by logistic regression on 24x24 thumbnails"
+        ),
+    )
+
+
+def add_input_check(bundle_dir: Path, data_dir: Path, split_path: Path, out_dir: Path, *, seed: int = 0,
+                    parity_tolerance: float = PARITY_TOLERANCE) -> Path:
+    """Give an existing bundle the input check: re-export model.onnx with the statistics outputs, fit the
+    detector on the recorded training split, and write a schema-2 bundle to `out_dir` (staged, parity-checked).
+    """
+    import keras
+
+    from app.bundle import read_metadata
+    from training.data import read_split
+
+    metadata = read_metadata(bundle_dir)
+    split = read_split(split_path, data_dir)
+    if not split["train"] or not split["val"]:
+        raise ExportError(f"{split_path}: needs training and validation rows")
+    staging = out_dir.with_name(out_dir.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(bundle_dir, staging, ignore=shutil.ignore_patterns(ONNX_FILENAME, "*.npz", "*.partial"))
+    try:
+        model = keras.models.load_model(staging / KERAS_FILENAME, compile=False)
+        served = ood.with_statistics(model, ood.statistic_layers(model))
+        size = metadata.input_size[0]
+        input_name, output_name = convert_to_onnx(served, size, staging / ONNX_FILENAME)
+        probe = decode_samples(split["val"][:PARITY_IMAGES], (size, size), desc="parity")
+        difference = parity_check(staging / ONNX_FILENAME, model, probe.images, parity_tolerance)
+        input_check = write_input_check(staging, split["train"], split["val"], size, seed)
+        updated = metadata.model_copy(
+            update={
+                "schema_version": 2,
+                "onnx_input_name": input_name,
+                "onnx_output_name": output_name,
+                "input_check": input_check,
+                "training": {**metadata.training, "parity_max_abs_diff": difference},
+                "checksums": FileChecksums(
+                    onnx_sha256=sha256_file(staging / ONNX_FILENAME), keras_sha256=metadata.checksums.keras_sha256
+                ),
+            }
+        )
+        write_metadata(staging, BundleMetadata.model_validate(updated.model_dump()))
+        (staging / MODEL_CARD_FILENAME).write_text(model_card(updated))
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    replace_directory(staging, out_dir)
+    return out_dir
+
+
+def replace_directory(staging: Path, target: Path) -> None:
     previous = target.with_name(target.name + ".previous")
     shutil.rmtree(previous, ignore_errors=True)
     if target.exists():
@@ -342,6 +422,16 @@ def model_card(metadata: BundleMetadata) -> str:
         if sum(c.values())
     )
     limitations_md = "\n".join(f"- {item}" for item in metadata.limitations)
+    check = metadata.input_check
+    input_check_md = (
+        f"Images that are not frontal chest X-rays are refused by default (HTTP 422 `not_a_chest_xray`). "
+        f"Method: {check.method}. Fitted on {check.fitted_on}; threshold {check.threshold:.3f} chosen on "
+        f"{check.threshold_chosen_on}, accepting {check.validation_acceptance:.1%} of them. "
+        "It cannot tell adult from pediatric films, nor catch every lateral film or other radiograph; "
+        "see results/ood for what it catches."
+        if check
+        else "This bundle has no fitted input check (schema 1): the service reports the detector as unavailable."
+    )
     data = metadata.data
     content = f" Content SHA-256 of its {data.files} images: `{data.content_sha256}`." if data.content_sha256 else ""
     return f"""# Model card: {metadata.name}
@@ -381,6 +471,9 @@ Confusion matrix: TN {tn}, FP {fp}, FN {fn}, TP {tp}.
 | Perturbation | ROC-AUC | Sensitivity | Specificity |
 |---|---|---|---|
 {stress_rows}
+
+## Input check
+{input_check_md}
 
 ## Limitations
 {limitations_md}

@@ -8,12 +8,13 @@ loop's busy time went to `run_in_threadpool` for these; bench/).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import Depends, Query, Request
 
 from app.api.errors import ApiError
 from app.config import Settings
+from app.input_check import Policy
 from app.metrics import Metrics
 from app.service import ModelService
 
@@ -69,3 +70,20 @@ async def get_decision(
 
 
 DecisionDep = Annotated[Decision, Depends(get_decision)]
+
+
+async def get_input_check_policy(
+    settings: Annotated[Settings, Depends(get_app_settings)],
+    input_check: Annotated[
+        Literal["refuse", "warn", "off"] | None,
+        Query(
+            description="Input check policy for this request (default: PNEUMONIA_INPUT_CHECK, normally refuse): "
+            "refuse answers 422 not_a_chest_xray for an image that is not a frontal chest X-ray; warn answers "
+            "with accepted=false and the reasons in warnings; off skips the check"
+        ),
+    ] = None,
+) -> Policy:
+    return input_check or settings.input_check
+
+
+PolicyDep = Annotated[Policy, Depends(get_input_check_policy)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import asdict
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -12,7 +13,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.bundle import RESEARCH_DISCLAIMER
 from app.imaging import ImageInputError
-from app.service import ExplainUnavailableError, ServiceBusyError
+from app.service import ExplainUnavailableError, NotAChestXrayError, ServiceBusyError
 from app.store import StoreUnavailableError
 
 log = logging.getLogger("app.errors")
@@ -89,6 +90,11 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ImageInputError)
     async def _image_error(request: Request, exc: ImageInputError) -> JSONResponse:
         return error_response(exc.status_code, exc.code, exc.message)
+
+    @app.exception_handler(NotAChestXrayError)
+    async def _not_a_chest_xray(request: Request, exc: NotAChestXrayError) -> JSONResponse:
+        body = error_body(exc.code, exc.message, reasons=exc.check.reasons)
+        return JSONResponse({**body, "input_check": asdict(exc.check)}, status_code=exc.status_code)
 
     @app.exception_handler(ServiceBusyError)
     async def _busy(request: Request, exc: ServiceBusyError) -> JSONResponse:

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from app.imaging import decode_image
-from app.score import COLUMNS, UNAVAILABLE, main
+from app.score import COLUMNS, main
 from tests.media import dicom, gray_of, png
 
 GOOD = ("a/normal.jpeg", "b/nested/deeper/pneumonia.png", "c/scan.dcm", "c/extensionless_dicom")
@@ -65,12 +65,13 @@ def test_every_image_gets_a_row_bad_ones_their_error_code(archive, tmp_path, tin
     for relative in GOOD:
         row = rows[relative]
         assert row["error_code"] == "" and row["error_message"] == ""
-        # the service's own decode and model: the probability /predict computes for the same bytes
-        expected = loaded_service.predict_image(decode_image((archive / relative).read_bytes()))
+        # the service's own decode, input check and model: what /predict?input_check=warn gives the same bytes
+        _, _, expected, check = loaded_service.assess(decode_image((archive / relative).read_bytes()), "warn")
         assert float(row["probability"]) == pytest.approx(expected, abs=1e-5)
         assert row["label"] == ("PNEUMONIA" if float(row["probability"]) >= point.threshold else "NORMAL")
         assert row["operating_point"] == point.name and float(row["threshold"]) == point.threshold  # lossless
-        assert row["input_check_accepted"] == row["input_check_reasons"] == UNAVAILABLE  # no input check yet
+        assert row["input_check_accepted"] == str(check.accepted).lower()
+        assert row["input_check_reasons"] == " | ".join(check.reasons)
     assert rows["c/scan.dcm"]["probability"] == rows["c/extensionless_dicom"]["probability"]
     for relative, code in BAD.items():
         row = rows[relative]

@@ -6,9 +6,8 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Path, Query, Request, Response
 
-from app.api.deps import DecisionDep, ServiceDep
+from app.api.deps import DecisionDep, PolicyDep, ServiceDep
 from app.api.errors import ApiError, error_responses
-from app.api.routes.predict import prediction_fields
 from app.api.uploads import UPLOAD_REQUEST_BODY, read_upload
 from app.bundle import RESEARCH_DISCLAIMER
 from app.explain import (
@@ -18,6 +17,7 @@ from app.explain import (
     ExplainRequest,
     encode_map,
 )
+from app.presenter import prediction_fields
 from app.schemas import Explanation, ExplanationMap
 from app.service import Analysis, ModelService
 
@@ -44,9 +44,10 @@ PNG_RESPONSE = {
 
 
 def _respond(service: ModelService, analysis: Analysis, decision, fmt: str) -> Explanation | Response:
-    fields = prediction_fields(service, analysis, decision)
+    fields = prediction_fields(service, analysis, decision.threshold, decision.operating_point)
     result = analysis.explanation
-    assert result is not None
+    if result is None:  # the service always explains when asked; a None here is a programming error
+        raise RuntimeError("analysis without an explanation")
     if fmt == "png":
         return Response(
             content=result.png,
@@ -61,6 +62,8 @@ def _respond(service: ModelService, analysis: Analysis, decision, fmt: str) -> E
                 "X-Explained-Class": result.explained_class,
                 "X-Map-Layers": ",".join(result.layers),
                 "X-Warnings": json.dumps(fields["warnings"]),  # ASCII: json escapes anything else
+                "X-Input-Check": fields["input_check"].model_dump_json(),  # ASCII too (ensure_ascii)
+                "X-Input-Accepted": "true" if analysis.input_check.accepted else "false",
             },
         )
     height, width = result.values.shape
@@ -92,11 +95,12 @@ async def explain(
     request: Request,
     service: ServiceDep,
     decision: DecisionDep,
+    policy: PolicyDep,
     format: FormatQuery = "json",
     method: MethodQuery = DEFAULT_METHOD,
 ):
     data = await read_upload(request)
-    analysis = await service.analyse(data, explain=ExplainRequest(method, decision.threshold))
+    analysis = await service.analyse(data, explain=ExplainRequest(method, decision.threshold), policy=policy)
     return _respond(service, analysis, decision, format)
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 
 from app.api.errors import ApiError, error_responses
-from app.api.routes.predict import model_info
+from app.presenter import model_info
 from app.schemas import Health
 
 router = APIRouter(prefix="/health", tags=["health"])
