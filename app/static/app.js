@@ -1,4 +1,4 @@
-// The page at `/`: upload an X-ray, show the model's output and its Grad-CAM overlay.
+// The page at `/`: upload an X-ray, show the input check's verdict, the model's output and its saliency overlay.
 // Plain JavaScript, no build step, no third-party code. It talks only to this service (same origin) and
 // stores nothing in the browser: the uploaded file lives in memory and in an object URL that is revoked
 // when the next file is chosen.
@@ -103,7 +103,9 @@
     fact("Backbone", model.backbone);
     fact("Input", `${model.input_size.width}×${model.input_size.height} grayscale`);
     fact("Intended use", model.intended_use);
-    fact("Explanations", model.explain_available ? "available (Grad-CAM)" : "unavailable on this service");
+    // The method is named with each map (the service's default can change, and ?method= picks another).
+    fact("Explanations", model.explain_available ? "available (each map names its method)" : "unavailable on this service");
+    fact("Input check", inputCheckSummary(model.input_check));
 
     const table = el("table", undefined, "metrics");
     const caption = el("caption", `Validation (${validation.split || "validation"} split, ` +
@@ -133,6 +135,13 @@
     jsonLink.href = "/model";
     note.append(cardLink, " and ", jsonLink, ".");
     root.replaceChildren(facts, table, el("h3", "Limitations"), limits, note);
+  }
+
+  function inputCheckSummary(spec) {
+    if (!spec) return "basic pixel checks only: this model bundle has no fitted out-of-distribution detector";
+    const acceptance = typeof spec.validation_acceptance === "number"
+      ? `; accepts ${(spec.validation_acceptance * 100).toFixed(1)}% of validation X-rays` : "";
+    return `orientation, pixel checks and an out-of-distribution detector (threshold ${fmt(spec.threshold, 2)}${acceptance})`;
   }
 
   // ---- upload -----------------------------------------------------------------------------------------
@@ -179,6 +188,34 @@
     return (body && (body.input_check || (body.error && body.error.input_check))) || null;
   }
 
+  // What a verdict holds besides accept/refuse, shared by the result and the refusal: every reason, what the
+  // detector could not do, and the out-of-distribution score against its threshold (small print).
+  function checkDetails(check) {
+    const nodes = [];
+    const reasons = check.reasons || [];
+    if (reasons.length) {
+      const list = el("ul", undefined, "reasons");
+      for (const reason of reasons) list.append(el("li", reasonText(reason)));
+      nodes.push(list);
+    }
+    if (check.detector === "unavailable") {
+      nodes.push(el("p", "The out-of-distribution detector is unavailable for this model, so only the basic pixel " +
+        "checks ran (colour, blank, noise, aspect ratio): an image that is not a chest X-ray can get through." +
+        (check.note ? ` (${check.note})` : ""), "check-note"));
+    }
+    if (check.detector === "off") {
+      nodes.push(el("p", "The input check was switched off for this request: nothing checked that this is a chest " +
+        "X-ray.", "check-note"));
+    }
+    if (typeof check.ood_score === "number") {
+      nodes.push(el("p", `Out-of-distribution score ${fmt(check.ood_score, 2)}, threshold ${fmt(check.ood_threshold, 2)} ` +
+        "(refused above it; 0 is a typical validation X-ray, 1 the 99th percentile of validation X-rays).", "small-print"));
+    }
+    return nodes;
+  }
+
+  const turnedBack = (check) => Boolean(check && (check.rotated_back_degrees || check.mirrored));
+
   function reasonText(reason) {
     if (typeof reason === "string") return reason;
     if (reason && typeof reason === "object") return reason.message || reason.detail || JSON.stringify(reason);
@@ -188,18 +225,16 @@
   function showError(err) {
     const box = $("error");
     box.replaceChildren();
-    const check = inputCheckOf(err.body);
     if (err.status === 422 && err.code === "not_a_chest_xray") {
+      // The verdict may sit beside `error` (this service) or inside it; the reasons are in `error` too.
+      const check = inputCheckOf(err.body) || {};
+      const reasons = check.reasons || err.body.error.reasons || [];
       box.className = "error refusal";
       box.append(el("h3", "Refused: this does not look like a chest X-ray"));
       box.append(el("p", err.body.error.message || ""));
-      const reasons = (check && check.reasons) || [];
-      if (reasons.length) {
-        const list = el("ul");
-        for (const reason of reasons) list.append(el("li", reasonText(reason)));
-        box.append(el("p", "Why:"), list);
-      }
-      box.append(el("p", "The model was trained on chest X-rays only; its output for other images is meaningless.", "muted"));
+      box.append(el("p", reasons.length ? "Why:" : "The service gave no reason."), ...checkDetails({ ...check, reasons }));
+      box.append(el("p", "The model was trained on chest X-rays only; its output for other images is meaningless, " +
+        "so no label is given.", "muted"));
     } else {
       box.className = "error";
       box.append(el("p", problemMessage(err)));
@@ -250,7 +285,7 @@
     if (state.objectUrl) URL.revokeObjectURL(state.objectUrl);
     state.objectUrl = null;
     renderInputCheck(result.input_check);
-    renderWarnings(result.warnings || []);
+    renderWarnings(result.warnings || [], (result.input_check && result.input_check.reasons) || []);
     renderImages(file, result);
     if (result.disclaimer) $("disclaimer-text").textContent = result.disclaimer.replace(/^Research use only\.\s*/, "");
     $("result").hidden = false;
@@ -265,60 +300,79 @@
       box.append(el("p", "Input check: not reported by this service. Make sure the image is a frontal chest X-ray."));
       return;
     }
-    const reasons = check.reasons || [];
-    box.className = `input-check ${check.accepted ? (reasons.length ? "noted" : "accepted") : "doubtful"}`;
-    // Reasons on an accepted image matter too (an image rotated back, a check that could not run).
-    let verdict = "Input check: passed — the service's checks found a frontal chest X-ray.";
-    if (check.accepted && reasons.length) verdict = "Input check: accepted, with these notes:";
-    if (!check.accepted) verdict = "Input check: this image may not be a chest X-ray. The result below is not meaningful.";
-    box.append(el("p", verdict));
-    if (reasons.length) {
-      const list = el("ul");
-      for (const reason of reasons) list.append(el("li", reasonText(reason)));
-      box.append(list);
+    const [kind, verdict] = checkVerdict(check);
+    box.className = `input-check ${kind}`;
+    box.append(el("p", verdict, "verdict"), ...checkDetails(check));
+  }
+
+  // Reasons on an accepted image matter too (an image turned back, a check that could not fully run).
+  function checkVerdict(check) {
+    if (!check.accepted) {
+      return ["refused", `Input check: refused — this may not be a chest X-ray. The service answered only because ` +
+        `its policy is "${check.policy}"; the output below is not meaningful for this image.`];
     }
+    if (check.detector === "off") return ["noted", "Input check: off — this image was not checked."];
+    if (turnedBack(check)) {
+      return ["noted", "Input check: accepted after turning the image back upright; the output below is for the " +
+        "image as the model read it."];
+    }
+    if ((check.reasons || []).length) return ["noted", "Input check: accepted, with these notes:"];
+    if (check.detector === "unavailable") return ["noted", "Input check: accepted by the basic checks only."];
+    return ["accepted", "Input check: accepted — the checks found a frontal chest X-ray."];
   }
 
-  function renderWarnings(warnings) {
+  // The service repeats input-check reasons among its warnings; they are shown once, in the verdict above.
+  function renderWarnings(warnings, checkReasons) {
     const list = $("warnings");
+    const shown = warnings.filter((warning) => !checkReasons.some((reason) => warning.includes(reasonText(reason))));
     list.replaceChildren();
-    list.hidden = warnings.length === 0;
-    for (const warning of warnings) list.append(el("li", `Warning: ${warning}`));
+    list.hidden = shown.length === 0;
+    for (const warning of shown) list.append(el("li", `Warning: ${warning}`));
   }
 
+  // The overlay is drawn over the image as the model read it. It lies on the upload (an opacity slider fades
+  // between them) unless the browser cannot show the upload (DICOM) or the service turned the image back, when
+  // the two no longer line up and are shown side by side.
   function renderImages(file, result) {
     const isDicom = result.input && result.input.format === "DICOM";
+    const turned = turnedBack(result.input_check);
+    const layered = !isDicom && !turned;
     const hasMap = Boolean(result.heatmap);
     $("original-figure").hidden = isDicom;
     $("dicom-note").hidden = !isDicom;
+    $("turned-note").hidden = !(turned && hasMap);
     if (!isDicom) {
       state.objectUrl = URL.createObjectURL(file);
       $("original").src = state.objectUrl;
       $("overlay-base").src = state.objectUrl;
     }
-    $("overlay-base").hidden = isDicom;
-    $("overlay-figure").querySelector(".stack").classList.toggle("layered", !isDicom);
+    $("overlay-base").hidden = !layered;
+    $("overlay-figure").querySelector(".stack").classList.toggle("layered", layered);
     $("overlay-figure").hidden = !hasMap;
     $("map-help").hidden = !hasMap;
-    $("overlay-controls").hidden = isDicom;
+    $("overlay-controls").hidden = !layered;
     $("no-explanation").hidden = hasMap;
     $("no-explanation").textContent = hasMap ? "" : "Explanations are unavailable on this service: the prediction is shown without a heatmap.";
     if (hasMap) {
       $("overlay").src = `data:image/${result.heatmap_format || "png"};base64,${result.heatmap}`;
       describeMap(result);
     }
-    setOpacity(isDicom ? 100 : Number($("opacity").value));
+    setOpacity(layered ? Number($("opacity").value) : 100);
   }
 
   // The service explains the label it gave at upload time (`explained_class`; services before it explained
   // PNEUMONIA only). Re-labelling in the page does not change the map, so the class is named, not implied.
+  // The method is the one the service names (its default changed once already); a service too old to name
+  // it gets a neutral "Saliency", not a guess.
   function describeMap(result) {
     const explained = result.explained_class || "PNEUMONIA";
-    const method = METHOD_NAMES[result.method] || result.method || "Grad-CAM";
+    const method = METHOD_NAMES[result.method] || result.method || "Saliency";
     const red = explained === "PNEUMONIA"
       ? "the regions that raised the model's pneumonia score the most"
       : "the regions that pushed the model's score towards NORMAL (away from pneumonia) the most";
-    $("overlay-caption").textContent = `${method} overlay — explains ${explained}`;
+    const layers = (result.map && result.map.layers) || [];
+    $("overlay-caption").textContent = `${method} overlay — explains ${explained}` +
+      (layers.length ? ` (from layer ${layers.join(", ")})` : "");
     $("overlay").alt = `${method} heatmap over the uploaded image: red marks ${red}`;
     $("legend-red").textContent = red;
   }

@@ -1,14 +1,21 @@
-"""The page at `/` in Chromium: upload, result, explanation, operating points, refusals and errors."""
+"""The page at `/` in Chromium: upload, input check, result, explanation, operating points, refusals and errors.
+
+Every upload that expects a prediction sends a committed real X-ray (tests/data/samples), possibly turned or
+re-encoded: the service refuses what does not look like one (issue 9).
+"""
 
 from __future__ import annotations
 
 import base64
 import io
+import json
+import shutil
 
 import pytest
 from PIL import Image, ImageDraw, ImageFont
 
 from app.api.errors import error_body
+from app.bundle import METADATA_FILENAME
 from tests.media import dicom, gray_of
 from tests.support import REPO_ROOT
 
@@ -26,6 +33,28 @@ def upload(page, path: str, payload: dict):
 
 def file_payload(path) -> dict:
     return {"name": path.name, "mimeType": "image/jpeg", "buffer": path.read_bytes()}
+
+
+def jpeg_payload(image: Image.Image, name: str) -> dict:
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=95)
+    return {"name": name, "mimeType": "image/jpeg", "buffer": buffer.getvalue()}
+
+
+def with_query(extra: str):
+    """A route handler that sends the page's upload to the real service with `extra` added to its query: how
+    a test asks for a per-request option (`input_check=`, `method=`) that the page itself never sets."""
+
+    def handler(route) -> None:
+        url = route.request.url
+        route.continue_(url=f"{url}{'&' if '?' in url else '?'}{extra}")
+
+    return handler
+
+
+def score_print(check: dict) -> str:
+    """How the page prints the detector's score against its threshold."""
+    return f"Out-of-distribution score {check['ood_score']:.2f}, threshold {check['ood_threshold']:.2f}"
 
 
 def text_image_png() -> bytes:
@@ -55,6 +84,10 @@ def image_loaded(page, selector: str) -> bool:
     return page.eval_on_selector(selector, "img => img.complete && img.naturalWidth > 0")
 
 
+# how the page names the service's methods (app/static/app.js METHOD_NAMES), for the ones these tests meet
+METHOD_LABELS = {"gradcam": "Grad-CAM", "gradcam_stride8": "Grad-CAM (stride 8)", "hirescam": "HiResCAM"}
+
+
 def expected_label(probability: float, threshold: float) -> str:
     return "PNEUMONIA" if probability >= threshold else "NORMAL"
 
@@ -78,6 +111,7 @@ def test_the_page_shows_the_disclaimer_the_model_and_its_operating_points(page, 
     roc = model["validation"]["metrics"]["roc_auc"]
     assert f"{roc['value']:.3f}" in summary and f"{roc['ci_low']:.3f} – {roc['ci_high']:.3f}" in summary
     assert model["limitations"][0] in summary
+    assert f"out-of-distribution detector (threshold {model['input_check']['threshold']:.2f}" in summary
     options = page.eval_on_selector_all("#operating-point option", "os => os.map(o => [o.value, o.selected])")
     assert [name for name, _ in options] == [p["name"] for p in model["operating_points"]]
     assert [name for name, selected in options if selected] == [model["default_operating_point"]]
@@ -98,11 +132,18 @@ def test_an_xray_shows_label_probability_heatmap_and_disclaimer(page, traffic):
     assert page.get_attribute("#overlay", "alt") and page.get_attribute("#original", "alt")
     assert page.is_visible("#disclaimer") and page.is_visible(".legend")
     assert "not a localisation of disease" in page.inner_text(".legend")
-    # the map names the class it explains (the label at upload time), whatever the selector says later
-    assert f"explains {body.get('explained_class', 'PNEUMONIA')}" in page.inner_text("#overlay-caption")
-    assert page.is_visible("#input-check") and page.inner_text("#input-check").startswith("Input check")
+    # the map names its method and the class it explains (the label at upload time), whatever the selector says later
+    assert page.inner_text("#overlay-caption").startswith(
+        f"{METHOD_LABELS[body['method']]} overlay — explains {body['explained_class']}"
+    )
+    check = body["input_check"]
+    assert check["accepted"] and check["detector"] == "available" and check["reasons"] == []
+    assert page.is_visible("#input-check") and page.get_attribute("#input-check", "class") == "input-check accepted"
+    verdict = page.inner_text("#input-check")
+    assert verdict.startswith("Input check: accepted") and score_print(check) in verdict
     for warning in body["warnings"]:
         assert warning in page.inner_text("#warnings")
+    assert not page.is_visible("#turned-note")
     # the opacity slider works from the keyboard
     page.focus("#opacity")
     page.keyboard.press("ArrowLeft")
@@ -165,17 +206,80 @@ def test_a_non_xray_is_refused_and_the_page_says_why(page):
     page.goto("/")
     answer = upload(page, "/explain", {"name": "report.png", "mimeType": "image/png", "buffer": text_image_png()})
     body = answer.json()
-    if answer.status == 200 and "input_check" not in body:
-        pytest.xfail("this service has no input check yet (issue 9): it answered 200 for a picture of text")
     assert answer.status == 422 and body["error"]["code"] == "not_a_chest_xray", body
+    check = body["input_check"]
+    assert check["accepted"] is False and check["reasons"], check
     page.wait_for_selector("#error:not([hidden])")
     refusal = page.inner_text("#error")
     assert "Refused: this does not look like a chest X-ray" in refusal
     assert body["error"]["message"] in refusal
-    check = body.get("input_check") or body["error"].get("input_check") or {}
-    for reason in check.get("reasons", []):
-        assert (reason if isinstance(reason, str) else reason.get("message", "")) in refusal
-    assert not page.is_visible("#result")
+    shown = page.eval_on_selector_all("#error ul.reasons li", "items => items.map(i => i.textContent)")
+    assert shown == check["reasons"]  # every reason, each once
+    assert score_print(check) in refusal
+    assert not page.is_visible("#result") and "label" not in body
+    assert page.is_enabled("#file-input")
+
+
+def test_a_rotated_xray_is_turned_back_and_the_page_says_so(page):
+    """The service turns an X-ray sent on its side back upright; the page says so, and shows the overlay (drawn
+    over the image as the model read it) beside the upload instead of on top of it, where it would not line up."""
+    open_page(page)
+    answer = upload(
+        page, "/explain", jpeg_payload(Image.open(PNEUMONIA_SAMPLE).rotate(90, expand=True), "sideways.jpeg")
+    )
+    assert answer.status == 200, answer.text()
+    body = answer.json()
+    check = body["input_check"]
+    assert check["accepted"] and check["rotated_back_degrees"] and any("rotated" in r for r in check["reasons"]), check
+    wait_for_result(page)
+    verdict = page.inner_text("#input-check")
+    assert page.get_attribute("#input-check", "class") == "input-check noted"
+    assert "accepted after turning the image back" in verdict and "rotated back" in verdict
+    for reason in check["reasons"]:
+        assert reason in verdict
+    # the service echoes the reason among its warnings; the page shows it once, in the verdict
+    assert any("rotated" in w for w in body["warnings"]) and "rotated" not in page.inner_text("#warnings")
+    assert page.is_visible("#turned-note") and not page.is_visible("#overlay-controls")
+    assert page.eval_on_selector("#overlay-figure .stack", "s => !s.classList.contains('layered')")
+    assert image_loaded(page, "#overlay") and image_loaded(page, "#original")
+    assert page.inner_text("#label") == body["label"]
+
+
+def test_under_the_warn_policy_a_refused_image_is_answered_with_the_verdict_on_top(page):
+    """`warn` (per request here; a service started with PNEUMONIA_INPUT_CHECK=warn answers the same) gives a
+    label for an image the check refuses: the page must say, above the label, that it is not meaningful."""
+    page.route("**/explain*", with_query("input_check=warn"))
+    page.goto("/")
+    answer = upload(page, "/explain", {"name": "report.png", "mimeType": "image/png", "buffer": text_image_png()})
+    assert answer.status == 200, answer.text()
+    check = answer.json()["input_check"]
+    assert check["accepted"] is False and check["policy"] == "warn"
+    wait_for_result(page)
+    verdict = page.inner_text("#input-check")
+    assert page.get_attribute("#input-check", "class") == "input-check refused"
+    assert verdict.startswith("Input check: refused") and '"warn"' in verdict and score_print(check) in verdict
+    for reason in check["reasons"]:
+        assert reason in verdict
+    # the verdict comes before the label in the page, not below the fold
+    assert page.eval_on_selector(
+        "#input-check",
+        "box => box.compareDocumentPosition(document.getElementById('label')) & Node.DOCUMENT_POSITION_FOLLOWING",
+    )
+
+
+def test_the_caption_names_the_method_the_service_used(page):
+    """The page must not call every map Grad-CAM: asked for another method, the caption follows /explain's
+    `method` (the page never asks for one itself, so the route adds ?method=)."""
+    page.route("**/explain*", with_query("method=hirescam"))
+    open_page(page)
+    answer = upload(page, "/explain", file_payload(NORMAL_SAMPLE))
+    assert answer.status == 200, answer.text()
+    body = answer.json()
+    assert body["method"] == "hirescam"
+    wait_for_result(page)
+    caption = page.inner_text("#overlay-caption")
+    assert caption.startswith(f"HiResCAM overlay — explains {body['explained_class']}") and "Grad-CAM" not in caption
+    assert "HiResCAM heatmap" in page.get_attribute("#overlay", "alt")
 
 
 @pytest.mark.parametrize(
@@ -210,18 +314,53 @@ def test_a_busy_service_says_try_again(page):
     assert "The service is busy — try again in 1 s" in page.inner_text("#error")
 
 
-def test_without_explanations_the_page_falls_back_to_predict(browser, start_server, shipped_bundle):
+@pytest.fixture(scope="module")
+def older_service(start_server, shipped_bundle, tmp_path_factory):
+    """An older deployment: a schema-1 copy of the shipped bundle (no fitted input-check detector), served with
+    explanations switched off. One server for the two tests below: each start costs seconds of CPU."""
+    bundle = shutil.copytree(shipped_bundle, tmp_path_factory.mktemp("older") / "bundle")
+    metadata = json.loads((bundle / METADATA_FILENAME).read_text())
+    metadata["schema_version"] = 1
+    del metadata["input_check"]
+    (bundle / METADATA_FILENAME).write_text(json.dumps(metadata))
+    (bundle / "input_check.npz").unlink()
+    return start_server(bundle, PNEUMONIA_EXPLAIN_ENABLED="false")
+
+
+@pytest.fixture
+def older_page(browser, older_service):
+    context = browser.new_context(base_url=older_service.base_url)
+    context.set_default_timeout(60_000)
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    yield page
+    context.close()
+    assert errors == [], f"uncaught JavaScript errors: {errors}"
+
+
+def test_without_explanations_the_page_falls_back_to_predict(older_page):
     """A service that cannot explain (here: explanations switched off) still answers with its prediction."""
-    server = start_server(shipped_bundle, PNEUMONIA_EXPLAIN_ENABLED="false")
-    context = browser.new_context(base_url=server.base_url)
-    try:
-        page = context.new_page()
-        page.goto("/")
-        answer = upload(page, "/predict", file_payload(PNEUMONIA_SAMPLE))
-        assert answer.status == 200
-        page.wait_for_selector("#result:not([hidden])")
-        assert page.inner_text("#label") == answer.json()["label"]
-        assert page.is_visible("#no-explanation") and not page.is_visible("#overlay-figure")
-        assert not page.is_visible(".legend")
-    finally:
-        context.close()
+    page = older_page
+    page.goto("/")
+    answer = upload(page, "/predict", file_payload(PNEUMONIA_SAMPLE))
+    assert answer.status == 200
+    page.wait_for_selector("#result:not([hidden])")
+    assert page.inner_text("#label") == answer.json()["label"]
+    assert page.is_visible("#no-explanation") and not page.is_visible("#overlay-figure")
+    assert not page.is_visible(".legend")
+
+
+def test_without_a_detector_the_page_says_only_basic_checks_ran(older_page):
+    page = older_page
+    page.goto("/")
+    page.wait_for_selector("#model-summary table")
+    assert "basic pixel checks only" in page.inner_text("#model-summary")
+    answer = upload(page, "/predict", file_payload(NORMAL_SAMPLE))
+    check = answer.json()["input_check"]
+    assert check["detector"] == "unavailable" and check["ood_score"] is None and check["note"]
+    page.wait_for_selector("#result:not([hidden])")
+    verdict = page.inner_text("#input-check")
+    assert page.get_attribute("#input-check", "class") == "input-check noted"
+    assert "accepted by the basic checks only" in verdict and "detector is unavailable" in verdict
+    assert check["note"] in verdict and "Out-of-distribution score" not in verdict
