@@ -24,6 +24,8 @@ from bench.servers import REPO_ROOT, Server, clean_env
 SAMPLES = REPO_ROOT / "tests" / "data" / "samples"
 RESULTS = Path(__file__).resolve().parent / "results"
 LEVELS = (1, 4, 16)
+RAW_LEVELS = (1, 4)  # the raw-body form of /predict (Content-Type image/jpeg): its own rows
+SERVICE_UVICORN_ARGS = ("--no-access-log",)
 
 
 def log(message: str) -> None:
@@ -106,9 +108,12 @@ def sample_paths() -> list[Path]:
     return paths
 
 
-async def levels(server: Server, path: str, uploads: list[Upload], requests: int, timeout_s: float, warmup_per_worker: int = 2) -> list[dict]:
+async def levels(
+    server: Server, path: str, uploads: list[Upload], requests: int, timeout_s: float, warmup_per_worker: int = 2,
+    concurrencies: tuple[int, ...] = LEVELS, label: str = "",
+) -> list[dict]:
     out = []
-    for concurrency in LEVELS:
+    for concurrency in concurrencies:
         result = await run_level(
             server.base_url, path, uploads, concurrency, requests,
             warmup=max(warmup_per_worker * concurrency, 4), timeout_s=timeout_s, cpu_reader=server.cpu_seconds,
@@ -116,15 +121,17 @@ async def levels(server: Server, path: str, uploads: list[Upload], requests: int
         summary = result.summary()
         lat = summary["latency_ok"]
         log(
-            f"  {server.name} {path} c={concurrency}: p50 {lat['p50_ms']} ms, p95 {lat['p95_ms']} ms, "
+            f"  {server.name} {path}{label} c={concurrency}: p50 {lat['p50_ms']} ms, p95 {lat['p95_ms']} ms, "
             f"{summary['throughput_rps']} req/s, 503 {summary['busy_503_with_retry_after']}, errors {summary['errors']}"
         )
         out.append(summary)
     return out
 
 
-async def bench_service(bundle: Path, uploads: list[Upload], args, settings: dict) -> dict:
-    server = Server("service", "app.main:app", clean_env(PNEUMONIA_MODEL_DIR=str(bundle)), "/health/ready", RESULTS / "raw" / "service.log")
+async def bench_service(bundle: Path, uploads: list[Upload], raw_uploads: list[Upload], args, settings: dict) -> dict:
+    # --no-access-log as in the Dockerfile's CMD: the app writes its own access log, uvicorn's would repeat each line.
+    server = Server("service", "app.main:app", clean_env(PNEUMONIA_MODEL_DIR=str(bundle)), "/health/ready", RESULTS / "raw" / "service.log",
+                    args=SERVICE_UVICORN_ARGS)  # fmt: skip
     log(f"starting the service on {server.base_url} (bundle {bundle})")
     server.start()
     try:
@@ -150,6 +157,7 @@ async def bench_service(bundle: Path, uploads: list[Upload], args, settings: dic
 
         log("  latency levels")
         predict = await levels(server, "/predict", uploads, args.requests, 30.0)
+        predict_raw = await levels(server, "/predict", raw_uploads, args.requests, 30.0, concurrencies=RAW_LEVELS, label=" (raw body)")
         explain = await levels(server, "/explain", uploads, args.explain_requests, 120.0, warmup_per_worker=1)
         limit = settings["max_concurrency"] + settings["max_queue"]
         over_c = 2 * limit
@@ -162,8 +170,8 @@ async def bench_service(bundle: Path, uploads: list[Upload], args, settings: dic
     finally:
         code = server.stop()
     log(f"  service stopped (exit code {code})")
-    return {"startup_s": round(server.startup_s or 0, 2), "predict": predict, "explain": explain, "overload": overload,
-            "memory": memory, "exit_code": code}  # fmt: skip
+    return {"startup_s": round(server.startup_s or 0, 2), "predict": predict, "predict_raw_body": predict_raw, "explain": explain,
+            "overload": overload, "memory": memory, "exit_code": code}  # fmt: skip
 
 
 async def bench_baseline(bundle: Path, uploads: list[Upload], args) -> dict:
@@ -232,13 +240,14 @@ def main(argv: list[str] | None = None) -> int:
     paths = sample_paths()
     images = [p.read_bytes() for p in paths]
     uploads = [Upload.from_file(p) for p in paths]
+    raw_uploads = [Upload.raw(p) for p in paths]
     defaults = Settings.model_fields
     settings = {k: defaults[k].default for k in ("max_concurrency", "max_queue", "onnx_intra_op_threads", "onnx_inter_op_threads")}
 
     log(f"floor: {args.floor_iterations} calls each")
     floor = measure_floor(bundle, meta, images, args.floor_iterations)
     log(f"  session.run p50 {floor['model_session_run']['p50_ms']} ms, decode+preprocess p50 {floor['decode_preprocess']['p50_ms']} ms")
-    service = asyncio.run(bench_service(bundle, uploads, args, settings))
+    service = asyncio.run(bench_service(bundle, uploads, raw_uploads, args, settings))
     baseline = None if args.skip_baseline else asyncio.run(bench_baseline(bundle, uploads, args))
 
     machine["loadavg_end"] = [round(v, 2) for v in os.getloadavg()]

@@ -1,7 +1,9 @@
 """The floor: what the model and the preprocessing cost on their own, in this process, without any server.
 
 - model: `InferenceSession.run` on an already-preprocessed (1, H, W, 3) tensor, with the session options the
-  service uses by default (its intra/inter-op thread settings), so the comparison is like for like;
+  service uses by default (its intra/inter-op thread settings), so the comparison is like for like. It fetches
+  every output /predict fetches: the probability and, for a bundle with an input check (schema 2), the
+  statistics outputs of the same run that feed the out-of-distribution score;
 - decode: `app.imaging.decode_image` + `to_model_input` on the sample JPEG bytes (what every request pays).
 """
 
@@ -42,7 +44,7 @@ def measure_floor(bundle: Path, metadata: BundleMetadata, images: list[bytes], i
     size = metadata.input_size
     tensors = [to_model_input(decode_image(data), size)[None].astype(np.float32) for data in images]
     feeds = [{metadata.onnx_input_name: t} for t in tensors]
-    outputs = [metadata.onnx_output_name]
+    outputs = [metadata.onnx_output_name, *(metadata.input_check.statistics_outputs if metadata.input_check else ())]
 
     model = _time_calls(lambda i: session.run(outputs, feeds[i % len(feeds)]), iterations, warmup)
     decode = _time_calls(lambda i: to_model_input(decode_image(images[i % len(images)]), size), iterations, warmup)
@@ -51,6 +53,7 @@ def measure_floor(bundle: Path, metadata: BundleMetadata, images: list[bytes], i
     return {
         "onnx_session_options": {"intra_op_num_threads": intra, "inter_op_num_threads": inter, "provider": "CPUExecutionProvider"},
         "input_shape": [1, *size, 3],
+        "onnx_outputs": outputs,
         "iterations": iterations,
         "model_session_run": model_s,
         "decode_preprocess": decode_s,

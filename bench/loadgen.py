@@ -38,6 +38,11 @@ class Upload:
         body = head + data + f"\r\n--{boundary}--\r\n".encode()
         return cls(name=path.name, body=body, content_type=f"multipart/form-data; boundary={boundary}")
 
+    @classmethod
+    def raw(cls, path: Path, content_type: str = "image/jpeg") -> Upload:
+        """The file itself as the body, the form model servers use (POST /predict with Content-Type image/jpeg)."""
+        return cls(name=path.name, body=path.read_bytes(), content_type=content_type)
+
 
 @dataclass
 class LevelResult:

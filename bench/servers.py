@@ -43,8 +43,9 @@ def proc_cpu_seconds(pid: int) -> float:
 class Server:
     """`python -m uvicorn APP --workers 1` on 127.0.0.1:PORT; stdout+stderr go to `log_path`."""
 
-    def __init__(self, name: str, app: str, env: dict[str, str], ready_path: str, log_path: Path):
+    def __init__(self, name: str, app: str, env: dict[str, str], ready_path: str, log_path: Path, args: tuple[str, ...] = ()):
         self.name = name
+        self.args = args  # further uvicorn options
         self.app = app
         self.env = env
         self.ready_path = ready_path
@@ -63,6 +64,7 @@ class Server:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         command = [
             sys.executable, "-m", "uvicorn", self.app, "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
+            *self.args,
         ]  # fmt: skip
         self._log = self.log_path.open("wb")
         started = time.perf_counter()
