@@ -222,8 +222,8 @@ def read_orientation(model: InputCheckModel, gray: np.ndarray) -> Orientation:
     thumb = thumbnails(gray[None].astype(np.float64))
     turns = model.orientation.probabilities(thumb)[0]  # P(image = upright turned by k quarter turns)
     k = int(np.argmax(turns))
-    upright = np.rot90(gray, -k) if k else gray
-    thumb_upright = thumbnails(upright[None].astype(np.float64))
+    # An upright upload (nearly every request) reuses its thumbnail: ~0.1 ms of the request path (bench/).
+    thumb_upright = thumbnails(np.rot90(gray, -k)[None].astype(np.float64)) if k else thumb
     mirrored = float(model.mirror.probabilities(thumb_upright)[0, 0]) >= ORIENTATION_CONFIDENCE
     inverted = float(model.inversion.probabilities(thumb)[0, 0])
     return Orientation(quarter_turns=(-k) % 4, mirrored=mirrored, inverted_probability=inverted, confidence=float(turns[k]))
