@@ -17,7 +17,7 @@ from pathlib import Path
 from app.bundle import read_metadata
 from app.config import Settings
 from bench.floor import measure_floor
-from bench.loadgen import Upload, run_level
+from bench.loadgen import Upload, round_trip, run_level
 from bench.report import compute_ratios, evaluate_targets, render_markdown
 from bench.servers import REPO_ROOT, Server, clean_env
 
@@ -155,6 +155,8 @@ async def bench_service(bundle: Path, uploads: list[Upload], raw_uploads: list[U
             load_errors=load_errors, rss_samples_kib=samples,
         )  # fmt: skip
 
+        trip = await round_trip(server.base_url, "/health/live", 200)
+        log(f"  round trip GET /health/live c=1: p50 {trip['p50_ms']} ms")
         log("  latency levels")
         predict = await levels(server, "/predict", uploads, args.requests, 30.0)
         predict_raw = await levels(server, "/predict", raw_uploads, args.requests, 30.0, concurrencies=RAW_LEVELS, label=" (raw body)")
@@ -170,7 +172,7 @@ async def bench_service(bundle: Path, uploads: list[Upload], raw_uploads: list[U
     finally:
         code = server.stop()
     log(f"  service stopped (exit code {code})")
-    return {"startup_s": round(server.startup_s or 0, 2), "predict": predict, "predict_raw_body": predict_raw, "explain": explain,
+    return {"startup_s": round(server.startup_s or 0, 2), "predict": predict, "predict_raw_body": predict_raw, "round_trip": trip, "explain": explain,
             "overload": overload, "memory": memory, "exit_code": code}  # fmt: skip
 
 

@@ -123,6 +123,22 @@ async def run_level(
     return result
 
 
+async def round_trip(base_url: str, path: str, requests: int, warmup: int = 20) -> dict:
+    """p50/p95 of a bodiless GET over one keep-alive connection of the same client: what loopback HTTP, uvicorn
+    and httpx add to every request, with no upload and no model. Context for the service/floor ratio."""
+    async with httpx.AsyncClient(base_url=base_url, http1=True, http2=False, timeout=httpx.Timeout(30.0)) as client:
+        for _ in range(warmup):
+            (await client.get(path)).raise_for_status()
+        timings = []
+        for _ in range(requests):
+            started = time.perf_counter()
+            response = await client.get(path)
+            await response.aread()
+            timings.append(time.perf_counter() - started)
+            response.raise_for_status()
+    return {"path": path, **summarize_ms(timings, (50, 95))}
+
+
 async def _drive(client: httpx.AsyncClient, path: str, uploads: list[Upload], concurrency: int, total: int, result: LevelResult) -> None:
     counter = iter(range(total))
 

@@ -176,6 +176,10 @@ def render_markdown(result: dict) -> str:
         "server CPU is the server process's user+system CPU time per HTTP 200 response; 503 = back-pressure (503 with Retry-After), "
         "not an error; errors = any other non-200, 503 without Retry-After, timeouts, broken connections.",
         "",
+        *([f"Round trip of the same client to the service without an upload or a model (GET {service['round_trip']['path']}, c=1): "
+           f"p50 {_fmt(service['round_trip']['p50_ms'], 2)} ms, p95 {_fmt(service['round_trip']['p95_ms'], 2)} ms: loopback HTTP, "
+           "uvicorn and the httpx client, included in every /predict latency below and in none of the floor.", ""]
+          if service.get("round_trip") else []),
         "| Server | Route | c | 200/sent | p50 ms | p95 ms | p99 ms | req/s | server CPU ms/req | 503 | errors | statuses |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
