@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 # 2: adds `input_check` (the out-of-distribution detector and orientation check) and `adaptation`.
 # Version-1 bundles still read: they serve with the input check's detector "unavailable".
-SCHEMA_VERSION = 2
+SCHEMA_VERSION: Literal[2] = 2
 ONNX_FILENAME = "model.onnx"
 KERAS_FILENAME = "model.keras"
 METADATA_FILENAME = "metadata.json"
@@ -247,4 +247,4 @@ def write_metadata(bundle_dir: Path, metadata: BundleMetadata) -> Path:
 
 
 def utc_now() -> datetime:
-    return datetime.now(timezone.utc).replace(microsecond=0)
+    return datetime.now(UTC).replace(microsecond=0)

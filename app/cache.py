@@ -93,7 +93,9 @@ class PredictionCache:
             if entry is not None and entry.created_at == created_at:  # not re-inserted since
                 self._pop(key)
         if len(self._insertions) > 2 * max(self.max_entries, 1):  # drop records of evicted entries
-            self._insertions = deque((t, k) for t, k in self._insertions if k in self._entries and self._entries[k].created_at == t)
+            self._insertions = deque(
+                (t, k) for t, k in self._insertions if k in self._entries and self._entries[k].created_at == t
+            )
 
     def _pop(self, key: str) -> None:
         entry = self._entries.pop(key, None)

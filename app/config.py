@@ -10,6 +10,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from app.bundle import PARITY_TOLERANCE
+from app.imaging import DEFAULT_MAX_PIXELS
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MiB = 1024 * 1024
@@ -20,7 +21,7 @@ class Settings(BaseSettings):
 
     model_dir: Path = Field(default=REPO_ROOT / "models" / "default", description="Bundle directory to serve.")
     max_upload_bytes: int = Field(default=20 * MiB, gt=0, description="Largest accepted request body.")
-    max_pixels: int = Field(default=50_000_000, gt=0, description="Largest accepted decoded image (w*h).")
+    max_pixels: int = Field(default=DEFAULT_MAX_PIXELS, gt=0, description="Largest accepted decoded image (w*h).")
     onnx_intra_op_threads: int = Field(default=1, ge=0)
     onnx_inter_op_threads: int = Field(default=1, ge=0)
     # Grad-CAM runs in TensorFlow, which by default sizes its pools to every core of the host, beside ONNX

@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from app.exceptions import ServiceError
+
 DICOM_MAGIC_OFFSET = 128
 DICOM_MAGIC = b"DICM"
 DEFAULT_MAX_PIXELS = 50_000_000
@@ -41,22 +43,28 @@ _REFUSED_SIGNATURES = (
     (b"\xff\x4f\xff\x51", "JPEG 2000"),
 )
 # What Pillow and pydicom raise for damaged or hostile files (beyond their own error types).
-_DECODER_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, KeyError, struct.error, zlib.error)
+_DECODER_ERRORS = (
+    OSError,
+    SyntaxError,
+    ValueError,
+    EOFError,
+    IndexError,
+    TypeError,
+    KeyError,
+    struct.error,
+    zlib.error,
+)
 
 # Decoder warnings can quote bytes of the upload (pydicom: "Invalid value for VR UI: '<file content>'"); the
 # service's stderr is its log, so they must not be printed. Uploads are validated by raising, not warning.
 warnings.filterwarnings("ignore", category=UserWarning, module=r"(pydicom|PIL)(\.|$)")
 
 
-class ImageInputError(ValueError):
+class ImageInputError(ServiceError, ValueError):
     """An upload that cannot be used as a chest X-ray. `code` is stable and machine-readable."""
 
     code = "invalid_image"
     status_code = 422
-
-    def __init__(self, message: str):
-        super().__init__(message)
-        self.message = message
 
 
 class EmptyImageError(ImageInputError):
@@ -193,8 +201,7 @@ def _decode_pillow(data: bytes, max_pixels: int) -> DecodedImage:
         notes: list[str] = []
         try:
             image.load()
-            image = ImageOps.exif_transpose(image)
-            gray, deviation = _pil_to_gray(image)
+            gray, deviation = _pil_to_gray(ImageOps.exif_transpose(image))
         except _DECODER_ERRORS as exc:  # Pillow reports broken streams (and broken EXIF) this way
             raise CorruptImageError(f"The {source_format} file is damaged or truncated ({_short(exc)}).") from exc
     if deviation > COLOUR_NOTE_THRESHOLD:

@@ -49,6 +49,8 @@ class OnnxClassifier:
         """(N, H, W, 3) -> ((N,) P(pneumonia), one (N, 2C) statistics array per input-check depth): one run."""
         batch = np.asarray(batch, dtype=np.float32)
         if batch.ndim != 4 or batch.shape[1:] != (*self.input_size, 3):
-            raise ValueError(f"expected a batch of shape (N, {self.input_size[0]}, {self.input_size[1]}, 3), got {batch.shape}")
+            raise ValueError(
+                f"expected a batch of shape (N, {self.input_size[0]}, {self.input_size[1]}, 3), got {batch.shape}"
+            )
         probabilities, *statistics = self.session.run(self._outputs, {self.input_name: batch})
         return np.asarray(probabilities, dtype=np.float64).reshape(batch.shape[0], -1)[:, 0], statistics

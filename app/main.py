@@ -112,9 +112,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise
         app.state.service = service
         meta = service.metadata
-        log.info(
-            "ready: %s %s (%s), explain=%s", meta.name, meta.version, meta.backbone, service.explain_available
-        )
+        log.info("ready: %s %s (%s), explain=%s", meta.name, meta.version, meta.backbone, service.explain_available)
         try:
             yield
         finally:

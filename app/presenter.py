@@ -15,7 +15,9 @@ def model_info(service: ModelService) -> ModelInfo:
     return ModelInfo(name=m.name, version=m.version, backbone=m.backbone, sha256=m.checksums.onnx_sha256)
 
 
-def prediction_fields(service: ModelService, analysis: Analysis, threshold: float, operating_point: str) -> dict[str, Any]:
+def prediction_fields(
+    service: ModelService, analysis: Analysis, threshold: float, operating_point: str
+) -> dict[str, Any]:
     image = analysis.image
     check = analysis.input_check
     warnings = [*image.warnings, *service.size_warnings(image)]

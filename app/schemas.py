@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.bundle import RESEARCH_DISCLAIMER, BundleMetadata, OperatingPoint
 from app.explain import COLOUR_SCALE, DEFAULT_METHOD, METHOD_NAMES
 
-_EXAMPLE_MODEL = {"name": "mobilenetv2-192", "version": "1.0.0", "backbone": "mobilenetv2", "sha256": "3f5a" + "0" * 60}
+_EXAMPLE_MODEL: dict[str, Any] = {
+    "name": "mobilenetv2-192",
+    "version": "1.0.0",
+    "backbone": "mobilenetv2",
+    "sha256": "3f5a" + "0" * 60,
+}
 
 
 class ModelInfo(BaseModel):
@@ -63,9 +68,15 @@ class Prediction(BaseModel):
                     "warnings": [],
                     "input": {"format": "JPEG", "width": 1024, "height": 1024},
                     "input_check": {
-                        "accepted": True, "reasons": [], "policy": "refuse", "detector": "available",
-                        "ood_score": 0.12, "ood_threshold": 1.43, "orientation": "upright",
-                        "rotated_back_degrees": 0, "mirrored": False,
+                        "accepted": True,
+                        "reasons": [],
+                        "policy": "refuse",
+                        "detector": "available",
+                        "ood_score": 0.12,
+                        "ood_threshold": 1.43,
+                        "orientation": "upright",
+                        "rotated_back_degrees": 0,
+                        "mirrored": False,
                         "measurements": {"pixel_std": 52.1, "noise_ratio": 0.1, "aspect_ratio": 1.2},
                     },
                     "disclaimer": RESEARCH_DISCLAIMER,
@@ -107,21 +118,28 @@ class Explanation(Prediction):
         json_schema_extra={
             "examples": [
                 {
-                    **Prediction.model_config["json_schema_extra"]["examples"][0],  # type: ignore[index]
+                    **Prediction.model_config["json_schema_extra"]["examples"][0],  # type: ignore[index,dict-item]
                     "heatmap": "iVBORw0KGgoAAAANSUhEUgAA...",
                     "heatmap_format": "png",
                     "method": DEFAULT_METHOD,
                     "explained_class": "PNEUMONIA",
                     "map": {
-                        "width": 192, "height": 192, "values": "AAAAAAAAgD8...", "resolution": "model_input",
-                        "method": DEFAULT_METHOD, "layers": ["block_6_expand_relu"], "explained_class": "PNEUMONIA",
+                        "width": 192,
+                        "height": 192,
+                        "values": "AAAAAAAAgD8...",
+                        "resolution": "model_input",
+                        "method": DEFAULT_METHOD,
+                        "layers": ["block_6_expand_relu"],
+                        "explained_class": "PNEUMONIA",
                     },
                 }
             ]
         },
     )
-    heatmap: str = Field(description="Base64 PNG: the map over the image at the uploaded image's size, with a colour "
-                         "bar at the right edge. " + COLOUR_SCALE)
+    heatmap: str = Field(
+        description="Base64 PNG: the map over the image at the uploaded image's size, with a colour "
+        "bar at the right edge. " + COLOUR_SCALE
+    )
     heatmap_format: Literal["png"] = "png"
     method: Literal[METHOD_NAMES] = Field(description="Saliency method of the map (?method=)")  # type: ignore[valid-type]
     explained_class: Literal["NORMAL", "PNEUMONIA"] = Field(
@@ -155,8 +173,12 @@ class ModelCard(BaseModel):
     intended_use: str
     limitations: list[str]
     explain_available: bool
-    input_check: dict | None = Field(description="The fitted input check (method, threshold, validation acceptance); None: unavailable")
-    adaptation: dict | None = Field(description="How this bundle was adapted to a site's unlabeled images; None: not adapted")
+    input_check: dict | None = Field(
+        description="The fitted input check (method, threshold, validation acceptance); None: unavailable"
+    )
+    adaptation: dict | None = Field(
+        description="How this bundle was adapted to a site's unlabeled images; None: not adapted"
+    )
     checksums: dict[str, str]
     disclaimer: str = RESEARCH_DISCLAIMER
 

@@ -29,6 +29,7 @@ from app.bundle import (
 )
 from app.cache import new_prediction_id
 from app.config import Settings
+from app.exceptions import ServiceError
 from app.explain.explainer import ExplainRequest, ExplanationResult
 from app.imaging import DecodedImage, ImageInputError, decode_image, to_model_input
 from app.inference import OnnxClassifier
@@ -38,14 +39,19 @@ from app.store import open_store
 log = logging.getLogger("app.service")
 
 
-class ServiceBusyError(RuntimeError):
+class ServiceBusyError(ServiceError):
     """More requests in flight than `max_concurrency + max_queue`."""
 
-    retry_after_s = 1
+    status_code = 503
+    code = "busy"
+    headers = {"Retry-After": "1"}
 
 
-class ExplainUnavailableError(RuntimeError):
+class ExplainUnavailableError(ServiceError):
     """Grad-CAM is not available for this deployment."""
+
+    status_code = 503
+    code = "explain_unavailable"
 
 
 class NotAChestXrayError(ImageInputError):
@@ -177,11 +183,15 @@ class ModelService:
         """P(pneumonia) for a decoded image (no input check unless asked)."""
         return self.assess(image, policy)[2]
 
-    def _explain(self, image: DecodedImage, batch: np.ndarray, probability: float, how: ExplainRequest) -> ExplanationResult:
+    def _explain(
+        self, image: DecodedImage, batch: np.ndarray, probability: float, how: ExplainRequest
+    ) -> ExplanationResult:
         """The map for the class predicted at the request's threshold (NORMAL: evidence for NORMAL)."""
         started = time.perf_counter()
         threshold = self.metadata.operating_point().threshold if how.threshold is None else how.threshold
         explained_class = "PNEUMONIA" if probability >= threshold else "NORMAL"
+        if self.gradcam is None:  # analyse() and explain_cached() check first; this keeps the type honest
+            raise ExplainUnavailableError(self.explain_unavailable_reason or "Explanations are not available.")
         result = self.gradcam.explain(image.pixels, batch, explained_class, how.method)
         self._observe("explain", time.perf_counter() - started)
         return result
@@ -191,7 +201,12 @@ class ModelService:
     ) -> tuple[DecodedImage, float, InputCheckResult, ExplanationResult | None]:
         image = decode_image(data, max_pixels=self.settings.max_pixels)
         image, batch, probability, check = self.assess(image, policy)  # batch shared with the heatmap
-        return image, probability, check, (None if explain is None else self._explain(image, batch, probability, explain))
+        return (
+            image,
+            probability,
+            check,
+            (None if explain is None else self._explain(image, batch, probability, explain)),
+        )
 
     def _explain_image_sync(self, image: DecodedImage, probability: float, how: ExplainRequest) -> ExplanationResult:
         return self._explain(image, self._model_input(image), probability, how)
@@ -270,25 +285,52 @@ def _load_gradcam(bundle_dir: Path, metadata: BundleMetadata, settings: Settings
     return model, gradcam, None
 
 
-def self_test(classifier: OnnxClassifier, metadata: BundleMetadata, keras_model: Any, gradcam: Any, tolerance: float) -> dict[str, float]:
-    """ONNX and Keras must agree on a synthetic probe, and Grad-CAM must give a finite map; else BundleError."""
-    batch = to_model_input(probe_image(), metadata.input_size)[None]
-    onnx_probability = float(classifier.predict(batch)[0])
-    if not (np.isfinite(onnx_probability) and 0.0 <= onnx_probability <= 1.0):
-        raise BundleError(f"self-test failed: ONNX model returned {onnx_probability!r}, not a probability")
-    report = {"onnx_probability": onnx_probability}
-    if keras_model is not None:
-        keras_probability = float(np.asarray(keras_model(batch, training=False)).reshape(-1)[0])
-        difference = abs(keras_probability - onnx_probability)
-        report.update(keras_probability=keras_probability, difference=difference)
-        if not difference <= tolerance:
-            raise BundleError(
-                f"self-test failed: ONNX and Keras models disagree on the probe image "
-                f"({onnx_probability:.6f} vs {keras_probability:.6f}, tolerance {tolerance:g}); "
-                "model.onnx and model.keras are not the same network"
-            )
+def probe_batch(size: tuple[int, int]) -> np.ndarray:
+    """(4, H, W, 3): the synthetic probe, its negative, a flat gray and a left-right ramp. Different enough that
+    a swapped or mis-converted model cannot agree with its twin on all four (probabilities may saturate, the
+    logit layer's inputs do not)."""
+    probe = probe_image()
+    ramp = np.tile(np.linspace(0, 255, probe.shape[1]), (probe.shape[0], 1)).astype(np.uint8)
+    images = [probe, 255 - probe, np.full_like(probe, 110), ramp]
+    return np.stack([to_model_input(image, size) for image in images])
+
+
+def self_test(
+    classifier: OnnxClassifier, metadata: BundleMetadata, keras_model: Any, gradcam: Any, tolerance: float
+) -> dict[str, float]:
+    """ONNX and Keras must agree on four probes, and Grad-CAM must give a finite map; else BundleError.
+
+    Probabilities of an untrained or extreme probe saturate at 0 or 1, where two different networks can agree;
+    so the check also compares the channel means of the input check's layers (ONNX statistics outputs vs the
+    Keras layers), relative to their size, which never saturate.
+    """
+    batch = probe_batch(metadata.input_size)
+    onnx_probabilities, statistics = classifier.run(batch)
+    if not (np.all(np.isfinite(onnx_probabilities)) and np.all((onnx_probabilities >= 0) & (onnx_probabilities <= 1))):
+        raise BundleError(f"self-test failed: ONNX model returned {onnx_probabilities!r}, not probabilities")
+    report = {"onnx_probability": float(onnx_probabilities[0])}
+    if keras_model is None:
+        return report
+    keras_probabilities = np.asarray(keras_model(batch, training=False), dtype=np.float64).reshape(-1)
+    difference = float(np.max(np.abs(keras_probabilities - onnx_probabilities)))
+    report.update(keras_probability=float(keras_probabilities[0]), difference=difference)
+    if metadata.input_check is not None:
+        import keras
+
+        taps = keras.Model(keras_model.input, [keras_model.get_layer(n).output for n in metadata.input_check.layers])
+        for onnx_stats, activation in zip(statistics, taps(batch, training=False), strict=True):
+            keras_means = np.asarray(activation, dtype=np.float64).mean(axis=(1, 2))
+            onnx_means = onnx_stats[:, : keras_means.shape[1]]
+            relative = float(np.max(np.abs(onnx_means - keras_means)) / (np.max(np.abs(keras_means)) + 1e-6))
+            report["feature_difference"] = max(report.get("feature_difference", 0.0), relative)
+    if not (difference <= tolerance and report.get("feature_difference", 0.0) <= tolerance):
+        raise BundleError(
+            f"self-test failed: ONNX and Keras models disagree on the probe images (max |dp| {difference:.2e}, "
+            f"relative feature difference {report.get('feature_difference', 0.0):.2e}, tolerance {tolerance:g}); "
+            "model.onnx and model.keras are not the same network"
+        )
     if gradcam is not None:
-        heatmap = gradcam.method()(batch)  # the default method, traced here rather than on a first request
+        heatmap = gradcam.method()(batch[:1])  # the default method, traced here rather than on a first request
         if heatmap.ndim != 3 or not np.all(np.isfinite(heatmap)) or heatmap.min() < 0 or heatmap.max() > 1:
             raise BundleError("self-test failed: Grad-CAM produced a non-finite or out-of-range heatmap")
     return report

@@ -26,6 +26,7 @@ import numpy as np
 
 from app.cache import CachedPrediction, PredictionCache
 from app.config import Settings
+from app.exceptions import ServiceError
 from app.imaging import DecodedImage
 
 log = logging.getLogger("app.store")
@@ -36,12 +37,18 @@ REDIS_TIMEOUT_S = 2.0
 _HEADER_LENGTH = struct.Struct(">I")
 
 
-class StoreUnavailableError(RuntimeError):
+class StoreUnavailableError(ServiceError):
     """The shared prediction store cannot be reached."""
+
+    status_code = 503
+    code = "store_unavailable"
+    headers = {"Retry-After": "5"}
 
 
 class PredictionStore(Protocol):
-    async def put(self, key: str, image: DecodedImage, probability: float, input_check: dict[str, Any]) -> None:
+    async def put(
+        self, key: str, image: DecodedImage, probability: float, input_check: dict[str, Any] | None = None
+    ) -> None:
         """Keep the prediction for the TTL; never raises (a failure is logged and the entry dropped)."""
 
     async def get(self, key: str) -> CachedPrediction | None:
@@ -55,7 +62,9 @@ class MemoryStore:
         self.max_entry_bytes = settings.cache_max_entry_bytes
         self.cache = PredictionCache(settings.cache_size, settings.cache_ttl_s, max_bytes=settings.cache_max_bytes)
 
-    async def put(self, key: str, image: DecodedImage, probability: float, input_check: dict[str, Any]) -> None:
+    async def put(
+        self, key: str, image: DecodedImage, probability: float, input_check: dict[str, Any] | None = None
+    ) -> None:
         if image.pixels.nbytes <= self.max_entry_bytes:
             self.cache.put(key, image, probability, input_check)
 
@@ -66,7 +75,7 @@ class MemoryStore:
         return None
 
 
-def encode_entry(image: DecodedImage, probability: float, input_check: dict[str, Any]) -> bytes:
+def encode_entry(image: DecodedImage, probability: float, input_check: dict[str, Any] | None = None) -> bytes:
     """Header length, JSON header (shape, format, notes, probability, input check), then the raw uint8 pixels.
 
     A fixed, data-only format: whatever is in Redis is parsed, never unpickled.
@@ -78,7 +87,7 @@ def encode_entry(image: DecodedImage, probability: float, input_check: dict[str,
             "format": image.source_format,
             "warnings": list(image.warnings),
             "probability": float(probability),
-            "input_check": input_check,
+            "input_check": input_check or {},
         }
     ).encode()
     return _HEADER_LENGTH.pack(len(header)) + header + pixels.tobytes()
@@ -110,7 +119,9 @@ class RedisStore:
         )
         self.where = _redacted(url)
 
-    async def put(self, key: str, image: DecodedImage, probability: float, input_check: dict[str, Any]) -> None:
+    async def put(
+        self, key: str, image: DecodedImage, probability: float, input_check: dict[str, Any] | None = None
+    ) -> None:
         if image.pixels.nbytes > self.max_entry_bytes:
             return
         from redis.exceptions import RedisError

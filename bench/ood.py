@@ -71,7 +71,9 @@ def summarise(rows: list[dict], threshold: float | None) -> dict:
             # the corpus turns counter-clockwise by the kind's angle; undoing it is the complementary turn
             undo = (360 - int(kind.split("_")[1])) % 360
             turned_back = [r["accepted"] and r["rotated_back"] == undo for r in group]
-            entry["refused_or_rotated_back"] = float(np.mean([not r["accepted"] or t for r, t in zip(group, turned_back, strict=True)]))
+            entry["refused_or_rotated_back"] = float(
+                np.mean([not r["accepted"] or t for r, t in zip(group, turned_back, strict=True)])
+            )
             entry["rotated_back_correctly"] = float(np.mean(turned_back))
         kinds[kind] = entry
     clean = np.array([r["score"] for r in by_kind["clean_xray"]], dtype=float)
@@ -159,7 +161,9 @@ def main(argv: list[str] | None = None) -> int:
     summary = summarise(result["rows"], result["threshold"])
     timing = latency(args.bundle, args.data, args.split)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "ood.json").write_text(json.dumps({"summary": summary, "latency_ms": timing, "rows": result["rows"]}, indent=1))
+    (args.out / "ood.json").write_text(
+        json.dumps({"summary": summary, "latency_ms": timing, "rows": result["rows"]}, indent=1)
+    )
     (args.out / "README.md").write_text(markdown(summary, timing))
     print(markdown(summary, timing))
     return 0

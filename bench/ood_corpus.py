@@ -19,10 +19,37 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-WORDS = (
-    "patient report findings impression lungs clear no acute cardiopulmonary process heart size normal "
-    "invoice total amount due payment terms lorem ipsum dolor sit amet consectetur adipiscing elit sed do"
-).split()
+WORDS = [
+    "patient",
+    "report",
+    "findings",
+    "impression",
+    "lungs",
+    "clear",
+    "no",
+    "acute",
+    "cardiopulmonary",
+    "process",
+    "heart",
+    "size",
+    "normal",
+    "invoice",
+    "total",
+    "amount",
+    "due",
+    "payment",
+    "terms",
+    "lorem",
+    "ipsum",
+    "dolor",
+    "sit",
+    "amet",
+    "consectetur",
+    "adipiscing",
+    "elit",
+    "sed",
+    "do",
+]
 
 
 @dataclass(frozen=True)
@@ -65,7 +92,7 @@ def chart(rng: np.random.Generator, size: int = 400) -> np.ndarray:
     else:  # line chart
         xs = np.linspace(45, size - 25, 30)
         ys = size / 2 + np.cumsum(rng.normal(0, 12, 30))
-        draw.line(list(zip(xs.tolist(), np.clip(ys, 25, size - 45).tolist())), fill=colour, width=3)
+        draw.line(list(zip(xs.tolist(), np.clip(ys, 25, size - 45).tolist(), strict=False)), fill=colour, width=3)
     return np.asarray(image)
 
 
@@ -128,7 +155,7 @@ def _package_pictures() -> Iterator[tuple[str, np.ndarray]]:
     for name in SKIMAGE_PICTURES:
         try:
             picture = np.asarray(getattr(skimage.data, name)())
-        except Exception:  # noqa: BLE001 - a picture this scikit-image version lacks or must download
+        except Exception:
             continue
         if picture.dtype != np.uint8:
             picture = picture.astype(np.float64)

@@ -37,7 +37,9 @@ def png_variants(gray: np.ndarray) -> dict[str, bytes]:
     }
 
 
-def dicom(stored: np.ndarray, photometric: str, *, slope: float, intercept: float, center: float, width: float) -> bytes:
+def dicom(
+    stored: np.ndarray, photometric: str, *, slope: float, intercept: float, center: float, width: float
+) -> bytes:
     """A minimal valid DICOM file (explicit VR little endian) with 12-bit unsigned pixels."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
@@ -73,4 +75,9 @@ def png_chunk(kind: bytes, data: bytes, crc: int | None = None) -> bytes:
 def png_bomb(width: int = 50_000, height: int = 50_000) -> bytes:
     """A tiny PNG whose header claims width x height 8-bit gray pixels."""
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header) + png_chunk(b"IDAT", zlib.compress(b"\0" * 1024)) + png_chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + png_chunk(b"IHDR", header)
+        + png_chunk(b"IDAT", zlib.compress(b"\0" * 1024))
+        + png_chunk(b"IEND", b"")
+    )

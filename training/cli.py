@@ -210,9 +210,15 @@ def add_input_check(sub: argparse._SubParsersAction) -> None:
         help="give an existing bundle the input check (OOD detector, orientation), fitted on its recorded split",
     )
     check.add_argument("--bundle", required=True, help="bundle directory to start from; required")
-    check.add_argument("--split", required=True, help="split.csv the bundle was trained with (e.g. results/<run>/split.csv); required")
-    check.add_argument("--data", required=True, help="dataset root the split's relative paths resolve against; required")
-    check.add_argument("--out", help="bundle directory to write (default: replace --bundle; the old one is kept as .previous)")
+    check.add_argument(
+        "--split", required=True, help="split.csv the bundle was trained with (e.g. results/<run>/split.csv); required"
+    )
+    check.add_argument(
+        "--data", required=True, help="dataset root the split's relative paths resolve against; required"
+    )
+    check.add_argument(
+        "--out", help="bundle directory to write (default: replace --bundle, only once the new one is complete)"
+    )
     check.set_defaults(func=cmd_input_check)
 
 
@@ -239,7 +245,9 @@ def add_adapt(sub: argparse._SubParsersAction) -> None:
         "those chosen on the source model's validation split.",
     )
     adapt.add_argument("--bundle", required=True, help="source bundle directory; required")
-    adapt.add_argument("--images", required=True, help="folder of the site's JPEG/PNG/DICOM X-rays, searched recursively; required")
+    adapt.add_argument(
+        "--images", required=True, help="folder of the site's JPEG/PNG/DICOM X-rays, searched recursively; required"
+    )
     adapt.add_argument("--out", required=True, help="bundle directory to write (must differ from --bundle); required")
     adapt.add_argument(
         "--min-images",
@@ -281,7 +289,12 @@ def cmd_publish(args: argparse.Namespace) -> int:
 
 # One registrar per subcommand: a new command is one more function here.
 COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
-    add_train, add_evaluate, add_export, add_input_check, add_adapt, add_publish
+    add_train,
+    add_evaluate,
+    add_export,
+    add_input_check,
+    add_adapt,
+    add_publish,
 )
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import shutil
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -264,10 +266,7 @@ def export_bundle(
     check_quality(run, force=force)
     validation = validation_at(points[default_name], run_dir, run)
 
-    staging = out_dir.with_name(out_dir.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    try:
+    with staged_bundle(out_dir) as staging:
         conversion = _write_models(run_dir, run, staging, parity_tolerance)
         split = layout.read_run_split(run_dir)
         input_check = write_input_check(staging, split["train"], split["val"], run.config.image_size, run.config.seed)
@@ -281,13 +280,8 @@ def export_bundle(
             conversion=conversion,
             checksums=checksums,
             created_at=utc_now(),
-        ).model_copy(update={"input_check": input_check})
-        write_metadata(staging, metadata)
-        (staging / MODEL_CARD_FILENAME).write_text(model_card(metadata))
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)  # a failed export leaves no debris next to the old bundle
-        raise
-    replace_directory(staging, out_dir)
+        )
+        write_bundle_metadata(staging, metadata.model_copy(update={"input_check": input_check}))
     return out_dir
 
 
@@ -339,8 +333,15 @@ def write_input_check(staging: Path, train: list, val: list, image_size: int, se
     )
 
 
-def add_input_check(bundle_dir: Path, data_dir: Path, split_path: Path, out_dir: Path, *, seed: int = 0,
-                    parity_tolerance: float = PARITY_TOLERANCE) -> Path:
+def add_input_check(
+    bundle_dir: Path,
+    data_dir: Path,
+    split_path: Path,
+    out_dir: Path,
+    *,
+    seed: int = 0,
+    parity_tolerance: float = PARITY_TOLERANCE,
+) -> Path:
     """Give an existing bundle the input check: re-export model.onnx with the statistics outputs, fit the
     detector on the recorded training split, and write a schema-2 bundle to `out_dir` (staged, parity-checked).
     """
@@ -353,10 +354,8 @@ def add_input_check(bundle_dir: Path, data_dir: Path, split_path: Path, out_dir:
     split = read_split(split_path, data_dir)
     if not split["train"] or not split["val"]:
         raise ExportError(f"{split_path}: needs training and validation rows")
-    staging = out_dir.with_name(out_dir.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    shutil.copytree(bundle_dir, staging, ignore=shutil.ignore_patterns(ONNX_FILENAME, "*.npz", "*.partial"))
-    try:
+    keep = lambda name: name != ONNX_FILENAME and not name.endswith(".npz")  # noqa: E731 - both are rewritten
+    with staged_bundle(out_dir, bundle_dir, keep=keep) as staging:
         model = keras.models.load_model(staging / KERAS_FILENAME, compile=False)
         served = ood.with_statistics(model, ood.statistic_layers(model))
         size = metadata.input_size[0]
@@ -376,13 +375,37 @@ def add_input_check(bundle_dir: Path, data_dir: Path, split_path: Path, out_dir:
                 ),
             }
         )
-        write_metadata(staging, BundleMetadata.model_validate(updated.model_dump()))
-        (staging / MODEL_CARD_FILENAME).write_text(model_card(updated))
+        write_bundle_metadata(staging, updated)
+    return out_dir
+
+
+@contextmanager
+def staged_bundle(
+    out_dir: Path, source: Path | None = None, keep: Callable[[str], bool] | None = None
+) -> Iterator[Path]:
+    """A staging directory next to `out_dir` (empty, or holding `source`'s files for which `keep(name)`),
+    moved into place only if the block completes: a failure leaves no debris and the old bundle intact."""
+    staging = out_dir.with_name(out_dir.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    if source is not None:
+        for path in source.iterdir():
+            if path.is_file() and (keep is None or keep(path.name)):
+                shutil.copy2(path, staging / path.name)
+    try:
+        yield staging
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     replace_directory(staging, out_dir)
-    return out_dir
+
+
+def write_bundle_metadata(staging: Path, metadata: BundleMetadata) -> BundleMetadata:
+    """Validate (model_copy does not), then write metadata.json and the card generated from it."""
+    metadata = BundleMetadata.model_validate(metadata.model_dump())
+    write_metadata(staging, metadata)
+    (staging / MODEL_CARD_FILENAME).write_text(model_card(metadata))
+    return metadata
 
 
 def replace_directory(staging: Path, target: Path) -> None:
@@ -422,6 +445,18 @@ def model_card(metadata: BundleMetadata) -> str:
         if sum(c.values())
     )
     limitations_md = "\n".join(f"- {item}" for item in metadata.limitations)
+    adaptation = metadata.adaptation
+    adaptation_md = (
+        f"""
+## Site adaptation
+Adapted from {adaptation.source_bundle} on {adaptation.n_images} unlabeled images ({adaptation.skipped} skipped),
+{adaptation.adapted_at.isoformat()}; images SHA-256 `{adaptation.images_sha256}`. Method: {adaptation.method}.
+{adaptation.note} The operating points and their sensitivity/specificity were chosen on the unadapted
+validation split; they were not re-measured on the adapted site.
+"""
+        if adaptation
+        else ""
+    )
     check = metadata.input_check
     input_check_md = (
         f"Images that are not frontal chest X-rays are refused by default (HTTP 422 `not_a_chest_xray`). "
@@ -474,7 +509,7 @@ Confusion matrix: TN {tn}, FP {fp}, FN {fn}, TP {tp}.
 
 ## Input check
 {input_check_md}
-
+{adaptation_md}
 ## Limitations
 {limitations_md}
 

@@ -144,5 +144,3 @@ def fit_input_check(session, layer_names: list[str], train: np.ndarray, val: np.
     acceptance = float(np.mean(val_scores <= threshold))
     log.info("input check: threshold %.3f accepts %.4f of %d validation X-rays", threshold, acceptance, len(val))
     return FittedCheck(model, acceptance, val_scores)
-
-

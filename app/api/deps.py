@@ -62,7 +62,8 @@ async def get_decision(
     names = [p.name for p in metadata.operating_points]
     if operating_point is not None and operating_point not in names:
         raise ApiError(
-            422, "unknown_operating_point",
+            422,
+            "unknown_operating_point",
             f"Unknown operating_point {operating_point!r}; valid names: {', '.join(names)}.",
         )
     point = metadata.operating_point(operating_point)
@@ -73,7 +74,7 @@ DecisionDep = Annotated[Decision, Depends(get_decision)]
 
 
 async def get_input_check_policy(
-    settings: Annotated[Settings, Depends(get_app_settings)],
+    settings: SettingsDep,
     input_check: Annotated[
         Literal["refuse", "warn", "off"] | None,
         Query(

@@ -12,21 +12,19 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.bundle import RESEARCH_DISCLAIMER
-from app.imaging import ImageInputError
-from app.service import ExplainUnavailableError, NotAChestXrayError, ServiceBusyError
-from app.store import StoreUnavailableError
+from app.exceptions import ServiceError
+from app.service import NotAChestXrayError
 
 log = logging.getLogger("app.errors")
 
 
-class ApiError(Exception):
-    """An error with a stable machine-readable code, an HTTP status and a message meant for the user."""
+class ApiError(ServiceError):
+    """A request error raised by the API layer itself, with its status and code given at the raise."""
 
     def __init__(self, status_code: int, code: str, message: str, headers: dict[str, str] | None = None):
         super().__init__(message)
         self.status_code = status_code
         self.code = code
-        self.message = message
         self.headers = headers
 
 
@@ -41,7 +39,9 @@ def error_body(code: str, message: str, **extra: Any) -> dict[str, Any]:
     return {"error": {"code": code, "message": message, **extra}, "disclaimer": RESEARCH_DISCLAIMER}
 
 
-def error_response(status_code: int, code: str, message: str, headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
+def error_response(
+    status_code: int, code: str, message: str, headers: dict[str, str] | None = None, **extra: Any
+) -> JSONResponse:
     return JSONResponse(error_body(code, message, **extra), status_code=status_code, headers=headers)
 
 
@@ -83,30 +83,14 @@ def _validation_message(exc: RequestValidationError) -> str:
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(ApiError)
-    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
-        return error_response(exc.status_code, exc.code, exc.message, exc.headers)
-
-    @app.exception_handler(ImageInputError)
-    async def _image_error(request: Request, exc: ImageInputError) -> JSONResponse:
-        return error_response(exc.status_code, exc.code, exc.message)
-
     @app.exception_handler(NotAChestXrayError)
     async def _not_a_chest_xray(request: Request, exc: NotAChestXrayError) -> JSONResponse:
         body = error_body(exc.code, exc.message, reasons=exc.check.reasons)
         return JSONResponse({**body, "input_check": asdict(exc.check)}, status_code=exc.status_code)
 
-    @app.exception_handler(ServiceBusyError)
-    async def _busy(request: Request, exc: ServiceBusyError) -> JSONResponse:
-        return error_response(503, "busy", str(exc), {"Retry-After": str(exc.retry_after_s)})
-
-    @app.exception_handler(ExplainUnavailableError)
-    async def _no_explain(request: Request, exc: ExplainUnavailableError) -> JSONResponse:
-        return error_response(503, "explain_unavailable", str(exc))
-
-    @app.exception_handler(StoreUnavailableError)
-    async def _no_store(request: Request, exc: StoreUnavailableError) -> JSONResponse:
-        return error_response(503, "store_unavailable", str(exc), {"Retry-After": "5"})
+    @app.exception_handler(ServiceError)
+    async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
+        return error_response(exc.status_code, exc.code, exc.message, exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -26,7 +26,8 @@ from app.explain.overlay import draw_colour_bar, encode_png, overlay
 # name -> (class, layers). Layers are the bundle's Grad-CAM layer ("bundle"; out_relu, 6x6 at 192 px, for
 # MobileNetV2) or the last layer of the backbone at 1/8 or 1/16 of the input ("stride8": block_6_expand_relu,
 # 24x24; "stride16": block_13_expand_relu, 12x12), found by output size so any backbone works.
-METHODS: dict[str, tuple[type[SaliencyMethod], tuple[str, ...]]] = {
+# Any: the classes' constructors differ (baselines take the input shape, gradient methods the model).
+METHODS: dict[str, tuple[Any, tuple[str, ...]]] = {
     "gradcam": (GradCAM, ("bundle",)),
     "gradcam_stride16": (GradCAM, ("stride16",)),
     "gradcam_stride8": (GradCAM, ("stride8",)),
@@ -125,7 +126,9 @@ class Explainer:
                 self._methods[name] = build_method(name, *self._args)
             return self._methods[name]
 
-    def explain(self, pixels: np.ndarray, batch: np.ndarray, explained_class: str, method: str | None = None) -> ExplanationResult:
+    def explain(
+        self, pixels: np.ndarray, batch: np.ndarray, explained_class: str, method: str | None = None
+    ) -> ExplanationResult:
         """pixels: the decoded (H, W) uint8 image; batch: its (1, h, w, 3) model input."""
         name = method or self.default_method
         chosen = self.method(name)

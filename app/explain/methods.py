@@ -79,9 +79,10 @@ class GradientCam(SaliencyMethod):
         except ValueError as exc:
             raise ValueError(f"{type(self).__name__}: layer not found in {model.name}: {exc}") from exc
         self.logit_layer = logit_layer
-        self.input_shape = tuple(int(d) for d in model.inputs[0].shape[1:])
-        height, width = self.input_shape[:2]
-        self.native_size = tuple(int(d) for d in max((o.shape[1:3] for o in outputs), key=lambda s: s[0] * s[1]))
+        height, width, channels = (int(d) for d in model.inputs[0].shape[1:])
+        self.input_shape = (height, width, channels)
+        native_h, native_w = max((o.shape[1:3] for o in outputs), key=lambda s: s[0] * s[1])
+        self.native_size = (int(native_h), int(native_w))
         grad_model = keras.Model(model.inputs, [*outputs, logit], name=f"{model.name}_{self.name}")
         layer_map = self.layer_map
 
@@ -185,7 +186,9 @@ class SmoothGradCAM(GradCAM):
 
     name = "smoothgrad_gradcam"
 
-    def __init__(self, model: Any, layers: str | tuple[str, ...], logit_layer: str, samples: int = 8, sigma: float = 0.1):
+    def __init__(
+        self, model: Any, layers: str | tuple[str, ...], logit_layer: str, samples: int = 8, sigma: float = 0.1
+    ):
         super().__init__(model, layers, logit_layer)
         self.samples, self.sigma = samples, sigma
 
@@ -206,8 +209,8 @@ class CentralBlob(SaliencyMethod):
     name = "central_blob"
 
     def __init__(self, input_shape: tuple[int, int, int]):
-        self.input_shape = tuple(input_shape)
-        height, width = self.input_shape[:2]
+        self.input_shape = input_shape
+        height, width = input_shape[:2]
         self.native_size = (height, width)
         yy, xx = np.mgrid[0:height, 0:width].astype(np.float64)
         d2 = ((yy - (height - 1) / 2) / (0.25 * height)) ** 2 + ((xx - (width - 1) / 2) / (0.25 * width)) ** 2
@@ -228,8 +231,8 @@ class RandomMap(SaliencyMethod):
     name = "random"
 
     def __init__(self, input_shape: tuple[int, int, int], grid: tuple[int, int] = (6, 6)):
-        self.input_shape = tuple(input_shape)
-        self.native_size = tuple(grid)
+        self.input_shape = input_shape
+        self.native_size = grid
 
     def __call__(self, batch: np.ndarray, signs: Any = PNEUMONIA_SIGN) -> np.ndarray:
         batch = _check_batch(batch, self.input_shape)

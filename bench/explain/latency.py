@@ -1,6 +1,6 @@
 """/explain against /predict over HTTP on a running service: p50 per endpoint, same images, interleaved.
 
-    python -m bench.explain.latency --url http://127.0.0.1:8000 --images 8 --repeats 3 [--method NAME]
+python -m bench.explain.latency --url http://127.0.0.1:8000 --images 8 --repeats 3 [--method NAME]
 """
 
 from __future__ import annotations
@@ -47,10 +47,15 @@ def main(argv: list[str] | None = None) -> int:
             for data in images:
                 times["predict"].append(timed(client, "/predict", data))
                 for m in methods:
-                    times[f"explain:{m or 'default'}"].append(timed(client, "/explain", data, **({"method": m} if m else {})))
+                    times[f"explain:{m or 'default'}"].append(
+                        timed(client, "/explain", data, **({"method": m} if m else {}))
+                    )
     p50 = {k: 1000.0 * float(np.median(v)) for k, v in times.items()}
     report = {
-        "url": args.url, "images": len(images), "repeats": args.repeats, "p50_ms": p50,
+        "url": args.url,
+        "images": len(images),
+        "repeats": args.repeats,
+        "p50_ms": p50,
         "ratio_to_predict": {k: v / p50["predict"] for k, v in p50.items() if k != "predict"},
     }
     text = json.dumps(report, indent=1)

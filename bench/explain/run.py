@@ -29,7 +29,12 @@ log = logging.getLogger("bench.explain")
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_SPLIT = REPO_ROOT / "results" / "final192" / "split.csv"
 # The sample: per (true class, predicted class) group, how many images (fewer where the split has fewer).
-QUOTAS = {("PNEUMONIA", "PNEUMONIA"): 30, ("PNEUMONIA", "NORMAL"): 10, ("NORMAL", "NORMAL"): 17, ("NORMAL", "PNEUMONIA"): 3}
+QUOTAS = {
+    ("PNEUMONIA", "PNEUMONIA"): 30,
+    ("PNEUMONIA", "NORMAL"): 10,
+    ("NORMAL", "NORMAL"): 17,
+    ("NORMAL", "PNEUMONIA"): 3,
+}
 RANDOMISED_LAYERS = 8  # the top weight layers re-drawn for the sanity check (logit, Conv_1, blocks 16 and 15)
 RANDOMISATION_PASS = 0.5  # a method passes when the upper end of its mean rank correlation's 95% CI is below
 
@@ -57,7 +62,9 @@ class LogitModel:
 
         cut = keras.Model(model.inputs, model.get_layer(logit_layer).output)
         shape = tuple(int(d) for d in model.inputs[0].shape[1:])
-        self._fn = tf.function(lambda x: cut(x, training=False), input_signature=(tf.TensorSpec((None, *shape), tf.float32),))
+        self._fn = tf.function(
+            lambda x: cut(x, training=False), input_signature=(tf.TensorSpec((None, *shape), tf.float32),)
+        )
         self.batch_size = batch_size
         self.calls = 0
 
@@ -156,8 +163,12 @@ def summarise(results: dict, randomisation: dict, timing: dict) -> dict:
             for baseline in BASELINES:
                 if baseline in summary and baseline != name:
                     other = summary[baseline]["schemes"][scheme]["gap"]
-                    mine = np.asarray(results[name][scheme]["insertion"]) - np.asarray(results[name][scheme]["deletion"])
-                    theirs = np.asarray(results[baseline][scheme]["insertion"]) - np.asarray(results[baseline][scheme]["deletion"])
+                    mine = np.asarray(results[name][scheme]["insertion"]) - np.asarray(
+                        results[name][scheme]["deletion"]
+                    )
+                    theirs = np.asarray(results[baseline][scheme]["insertion"]) - np.asarray(
+                        results[baseline][scheme]["deletion"]
+                    )
                     wins[f"{scheme}/{baseline}"] = {
                         "separated": stats["gap"]["ci_low"] > other["ci_high"],
                         "paired_difference": bootstrap_mean(mine - theirs),
@@ -204,7 +215,9 @@ def write_grid(model, metadata, val, val_logits: np.ndarray, method_name: str, o
 
     method = build_method(method_name, model, metadata.gradcam_layer, metadata.logit_layer)
     probabilities = 1.0 / (1.0 + np.exp(-val_logits))
-    title = f"{metadata.name}: {method_name} ({', '.join(method.layers) or 'baseline'}) on validation (research use only)"
+    title = (
+        f"{metadata.name}: {method_name} ({', '.join(method.layers) or 'baseline'}) on validation (research use only)"
+    )
     threshold = metadata.operating_point().threshold
     out = out_dir / f"validation_grid_{method_name}.png"
     return cam_grid(val.images, val.labels, probabilities, threshold, method, out, title)
@@ -245,13 +258,17 @@ def main(argv: list[str] | None = None) -> int:
         described[name] = {"layers": list(method.layers), "native_size": list(method.native_size)}
         maps = method_maps(method, images, signs)
         timing[name] = time_per_image(method, images, signs)
-        after = method_maps(build_method(name, random_model, metadata.gradcam_layer, metadata.logit_layer), images, signs)
+        after = method_maps(
+            build_method(name, random_model, metadata.gradcam_layer, metadata.logit_layer), images, signs
+        )
         randomisation[name] = [spearman(a, b) for a, b in zip(maps, after, strict=True)]
         results[name] = {}
         for s, scheme in enumerate(SCHEMES):
             deletion, insertion = [], []
             for i, (image, saliency, sign) in enumerate(zip(images[..., 0], maps, signs, strict=True)):
-                c = curves(image, saliency, float(sign), score, scheme, fractions, seed=args.seed * 100_000 + i * 10 + s)
+                c = curves(
+                    image, saliency, float(sign), score, scheme, fractions, seed=args.seed * 100_000 + i * 10 + s
+                )
                 deletion.append(area(c["morf"], fractions))
                 insertion.append(area(c["lerf"], fractions))
             results[name][scheme] = {"deletion": deletion, "insertion": insertion}

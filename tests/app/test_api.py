@@ -69,7 +69,9 @@ def test_predict_returns_probability_label_and_disclaimer(make_app, sample_jpeg,
     assert 0.0 <= body["probability"] <= 1.0
     default = loaded_service.metadata.operating_point()
     assert body["operating_point"] == default.name and body["threshold"] == default.threshold
-    at_threshold = run(call(make_app(), "POST", f"/predict?threshold={default.threshold!r}", files={"file": ("a", sample_jpeg)}))
+    at_threshold = run(
+        call(make_app(), "POST", f"/predict?threshold={default.threshold!r}", files={"file": ("a", sample_jpeg)})
+    )
     assert body["label"] == at_threshold.json()["label"]  # the default point labels with its own threshold
     assert body["disclaimer"] == RESEARCH_DISCLAIMER
     assert body["input"]["format"] == "JPEG"
@@ -93,9 +95,16 @@ def test_custom_threshold_decides_the_label(make_app, sample_jpeg):
 def test_operating_point_validation(make_app, sample_jpeg, loaded_service):
     app = make_app()
     names = [p.name for p in loaded_service.metadata.operating_points]
-    error = assert_error(run(call(app, "POST", "/predict?operating_point=bogus", files={"file": ("a", sample_jpeg)})), 422)
+    error = assert_error(
+        run(call(app, "POST", "/predict?operating_point=bogus", files={"file": ("a", sample_jpeg)})), 422
+    )
     assert all(name in error["message"] for name in names)
-    assert_error(run(call(app, "POST", f"/predict?operating_point={names[0]}&threshold=0.5", files={"file": ("a", sample_jpeg)})), 422)
+    assert_error(
+        run(
+            call(app, "POST", f"/predict?operating_point={names[0]}&threshold=0.5", files={"file": ("a", sample_jpeg)})
+        ),
+        422,
+    )
     assert_error(run(call(app, "POST", "/predict?threshold=1.5", files={"file": ("a", sample_jpeg)})), 422)
     ok = run(call(app, "POST", f"/predict?operating_point={names[-1]}", files={"file": ("a", sample_jpeg)}))
     assert ok.status_code == 200 and ok.json()["operating_point"] == names[-1]
@@ -118,7 +127,11 @@ def test_bad_requests_get_json_errors(make_app, kwargs, status, code):
 
 
 def test_truncated_jpeg_is_422(make_app, sample_jpeg):
-    assert_error(run(call(make_app(), "POST", "/predict", files={"file": ("a", sample_jpeg[: len(sample_jpeg) // 2])})), 422, "corrupt_image")
+    assert_error(
+        run(call(make_app(), "POST", "/predict", files={"file": ("a", sample_jpeg[: len(sample_jpeg) // 2])})),
+        422,
+        "corrupt_image",
+    )
 
 
 def test_upload_limit_with_and_without_content_length(make_app):
@@ -127,12 +140,14 @@ def test_upload_limit_with_and_without_content_length(make_app):
 
     async def chunked():
         boundary = b"xyz"
-        yield b"--xyz\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a\"\r\n\r\n"
+        yield b'--xyz\r\nContent-Disposition: form-data; name="file"; filename="a"\r\n\r\n'
         for _ in range(10):
             yield b"\0" * 4096
         yield b"\r\n--" + boundary + b"--\r\n"
 
-    response = run(call(app, "POST", "/predict", content=chunked(), headers={"content-type": "multipart/form-data; boundary=xyz"}))
+    response = run(
+        call(app, "POST", "/predict", content=chunked(), headers={"content-type": "multipart/form-data; boundary=xyz"})
+    )
     assert "content-length" not in response.request.headers
     assert_error(response, 413, "upload_too_large")
     small = png_bytes(np.full((64, 64), 128, np.uint8))

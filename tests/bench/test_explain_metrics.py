@@ -31,7 +31,7 @@ def test_masks_replace_the_first_blocks_of_the_order():
     replaced = masks(order, grid, np.array([0.0, 0.25, 1.0]))
     assert replaced.shape == (3, SIZE, SIZE)
     assert not replaced[0].any() and replaced[2].all()
-    assert replaced[1].sum() == 16 * BLOCK * BLOCK and replaced[1][:BLOCK * 2].all()  # the first two block rows
+    assert replaced[1].sum() == 16 * BLOCK * BLOCK and replaced[1][: BLOCK * 2].all()  # the first two block rows
 
 
 def test_ranking_puts_the_hot_block_first():

@@ -48,7 +48,9 @@ def api_container(manifests) -> dict:
 
 
 def dockerfile_instructions(name: str) -> list[str]:
-    return [line.split(None, 1)[1].strip() for line in DOCKERFILE.read_text().splitlines() if line.startswith(f"{name} ")]
+    return [
+        line.split(None, 1)[1].strip() for line in DOCKERFILE.read_text().splitlines() if line.startswith(f"{name} ")
+    ]
 
 
 def to_bytes(quantity: str) -> int:
@@ -57,7 +59,13 @@ def to_bytes(quantity: str) -> int:
 
 
 def test_every_file_parses_and_every_object_is_named(manifests):
-    assert {p.name for p in K8S.glob("*.yaml")} >= {"deployment.yaml", "service.yaml", "hpa.yaml", "pdb.yaml", "redis.yaml"}
+    assert {p.name for p in K8S.glob("*.yaml")} >= {
+        "deployment.yaml",
+        "service.yaml",
+        "hpa.yaml",
+        "pdb.yaml",
+        "redis.yaml",
+    }
     for m in manifests:
         assert m.get("apiVersion") and m.get("kind"), m
         assert m["kind"] == "Kustomization" or m.get("metadata", {}).get("name"), m
@@ -147,7 +155,10 @@ def test_service_settings_in_the_manifest_are_real_settings(manifests):
     assert {k.upper() for k in settings} <= names
     Settings(**settings)  # and valid values
     redis_service = one(manifests, "Service", "pneumonia-redis")
-    assert settings["cache_url"] == f"redis://{redis_service['metadata']['name']}:{redis_service['spec']['ports'][0]['port']}/0"
+    assert (
+        settings["cache_url"]
+        == f"redis://{redis_service['metadata']['name']}:{redis_service['spec']['ports'][0]['port']}/0"
+    )
 
 
 def test_resources_are_set_and_the_memory_limit_covers_the_measured_rss(manifests):
@@ -166,7 +177,9 @@ def test_redis_persists_nothing_and_is_bounded(manifests):
     args = container["args"]
     assert args[args.index("--save") + 1] == "" and args[args.index("--appendonly") + 1] == "no"
     assert args[args.index("--maxmemory-policy") + 1] == "volatile-ttl"
-    assert to_bytes(args[args.index("--maxmemory") + 1].replace("mb", "Mi")) < to_bytes(container["resources"]["limits"]["memory"])
+    assert to_bytes(args[args.index("--maxmemory") + 1].replace("mb", "Mi")) < to_bytes(
+        container["resources"]["limits"]["memory"]
+    )
 
 
 def test_compose_redis_is_opt_in_and_persists_nothing():

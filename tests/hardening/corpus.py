@@ -30,9 +30,7 @@ from tests.media import dicom, png_bomb, png_chunk
 
 SAMPLES = Path(__file__).resolve().parents[1] / "data" / "samples"
 BOUNDARY = "hardening-b0undary"
-UPLOAD_LIMIT = (
-    2 * 1024 * 1024
-)  # the corpus server runs with PNEUMONIA_MAX_UPLOAD_BYTES set to this
+UPLOAD_LIMIT = 2 * 1024 * 1024  # the corpus server runs with PNEUMONIA_MAX_UPLOAD_BYTES set to this
 SHARED_CACHE_SIZE = 16  # the shared server's prediction cache: small, so the load test fills it in warm-up
 SECRET_NAME_FRAGMENT = "PATIENT-ROE-JANE"  # distinctive: must never reach the logs
 
@@ -41,9 +39,7 @@ SECRET_NAME_FRAGMENT = "PATIENT-ROE-JANE"  # distinctive: must never reach the l
 class Expected:
     status: int
     code: str | None = None  # error.code for 4xx
-    mention: str | None = (
-        None  # a substring (case-insensitive) the error message must contain
-    )
+    mention: str | None = None  # a substring (case-insensitive) the error message must contain
 
 
 @dataclass
@@ -82,9 +78,7 @@ def case(fn: Callable[[], Case]) -> Callable[[], Case]:
 def xray(side: int = 256) -> np.ndarray:
     """A committed sample X-ray as uint8 grayscale, resized to side x side."""
     path = min((SAMPLES / "NORMAL").glob("*.jpeg"))
-    return np.asarray(
-        Image.open(path).convert("L").resize((side, side)), dtype=np.uint8
-    )
+    return np.asarray(Image.open(path).convert("L").resize((side, side)), dtype=np.uint8)
 
 
 def encode(image: Image.Image, fmt: str, **options: Any) -> bytes:
@@ -109,9 +103,7 @@ def jpeg_claiming(width: int, height: int) -> bytes:
     return bytes(data)
 
 
-def upload(
-    name: str, data: bytes, content_type: str = "application/octet-stream"
-) -> dict[str, Any]:
+def upload(name: str, data: bytes, content_type: str = "application/octet-stream") -> dict[str, Any]:
     return {"file": (name, data, content_type)}
 
 
@@ -140,9 +132,7 @@ def part(
     filename: str | None = "x.png",
     content_type: str = "image/png",
 ) -> bytes:
-    disposition = f'form-data; name="{name}"' + (
-        f'; filename="{filename}"' if filename else ""
-    )
+    disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
     return (
         f"--{BOUNDARY}\r\nContent-Disposition: {disposition}\r\nContent-Type: {content_type}\r\n\r\n".encode()
         + data
@@ -277,9 +267,7 @@ def pdf_as_png() -> Case:
     return Case(
         "PDF named .png",
         UNSUPPORTED,
-        files=upload(
-            "x.png", b"%PDF-1.7\n1 0 obj\n<< /Type /Catalog >>\nendobj\n%%EOF\n"
-        ),
+        files=upload("x.png", b"%PDF-1.7\n1 0 obj\n<< /Type /Catalog >>\nendobj\n%%EOF\n"),
     )
 
 
@@ -302,9 +290,7 @@ def svg() -> Case:
 @case
 def animated_gif() -> Case:
     frames = [Image.fromarray(xray(128)), Image.fromarray(255 - xray(128))]
-    data = encode(
-        frames[0], "GIF", save_all=True, append_images=frames[1:], duration=100, loop=0
-    )
+    data = encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
     return Case(
         "animated GIF",
         Expected(415, "unsupported_format", "gif"),
@@ -346,9 +332,7 @@ def webp() -> Case:
 @case
 def truncated_jpeg() -> Case:
     data = jpeg_bytes(256)
-    return Case(
-        "truncated JPEG", CORRUPT, files=upload("x.jpeg", data[: len(data) // 3])
-    )
+    return Case("truncated JPEG", CORRUPT, files=upload("x.jpeg", data[: len(data) // 3]))
 
 
 @case
@@ -363,27 +347,21 @@ def png_bad_crc() -> Case:
     idat = data.index(b"IDAT")
     length = struct.unpack(">I", data[idat - 4 : idat])[0]
     data[idat + 4 + length] ^= 0xFF  # first CRC byte of the first IDAT chunk
-    return Case(
-        "PNG with a corrupt chunk CRC", CORRUPT, files=upload("x.png", bytes(data))
-    )
+    return Case("PNG with a corrupt chunk CRC", CORRUPT, files=upload("x.png", bytes(data)))
 
 
 @case
 def png_bad_header_crc() -> Case:
     data = bytearray(png_bytes(128))
     data[8 + 8 + 13] ^= 0xFF  # IHDR CRC
-    return Case(
-        "PNG with a corrupt IHDR CRC", CORRUPT, files=upload("x.png", bytes(data))
-    )
+    return Case("PNG with a corrupt IHDR CRC", CORRUPT, files=upload("x.png", bytes(data)))
 
 
 @case
 def png_text_bomb() -> Case:
     """A valid PNG carrying a zTXt chunk that inflates to 64 MiB (Pillow caps text chunks)."""
     data = png_bytes(64)
-    ztxt = png_chunk(
-        b"zTXt", b"Comment\0\0" + zlib.compress(b"A" * (64 * 1024 * 1024), 9)
-    )
+    ztxt = png_chunk(b"zTXt", b"Comment\0\0" + zlib.compress(b"A" * (64 * 1024 * 1024), 9))
     iend = data.rindex(b"IEND") - 4
     head = data.index(b"IDAT") - 4
     return Case(
@@ -470,20 +448,14 @@ def palette_png_with_transparency() -> Case:
     image = Image.fromarray(xray(256)).convert("P")
     data = encode(image, "PNG", transparency=0)
     assert Image.open(io.BytesIO(data)).info.get("transparency") is not None
-    return Case(
-        "palette PNG with transparency", OK, files=upload("x.png", data, "image/png")
-    )
+    return Case("palette PNG with transparency", OK, files=upload("x.png", data, "image/png"))
 
 
 @case
 def rgba_png() -> Case:
     gray = Image.fromarray(xray(256))
-    data = encode(
-        Image.merge("RGBA", (gray, gray, gray, Image.new("L", gray.size, 200))), "PNG"
-    )
-    return Case(
-        "RGBA PNG with partial alpha", OK, files=upload("x.png", data, "image/png")
-    )
+    data = encode(Image.merge("RGBA", (gray, gray, gray, Image.new("L", gray.size, 200))), "PNG")
+    return Case("RGBA PNG with partial alpha", OK, files=upload("x.png", data, "image/png"))
 
 
 @case
@@ -492,9 +464,7 @@ def exif_rotated_jpeg() -> Case:
     exif = Image.Exif()
     exif[0x0112] = 6  # orientation: rotate 90 CW
     data = encode(image, "JPEG", exif=exif.tobytes())
-    return Case(
-        "JPEG with EXIF orientation", OK, files=upload("x.jpeg", data, "image/jpeg")
-    )
+    return Case("JPEG with EXIF orientation", OK, files=upload("x.jpeg", data, "image/jpeg"))
 
 
 @case
@@ -502,9 +472,7 @@ def dicom_monochrome1() -> Case:
     return Case(
         "DICOM MONOCHROME1",
         OK,
-        files=upload(
-            "x.dcm", dicom_bytes(photometric="MONOCHROME1"), "application/dicom"
-        ),
+        files=upload("x.dcm", dicom_bytes(photometric="MONOCHROME1"), "application/dicom"),
     )
 
 
@@ -539,9 +507,7 @@ def non_ascii_name() -> Case:
 def injected_name_parameter() -> Case:
     """An unescaped quote in the file name smuggles a second name= parameter: the part is not `file`."""
     name = f'{SECRET_NAME_FRAGMENT}"; name="other.png'
-    body = raw_multipart(
-        part("file", jpeg_bytes(), filename=name, content_type="image/jpeg")
-    )
+    body = raw_multipart(part("file", jpeg_bytes(), filename=name, content_type="image/jpeg"))
     return Case("name= injected through a file name", Expected(422, "missing_file", "'file'"), content=body,
                 headers=MULTIPART_HEADERS)  # fmt: skip
 
@@ -563,14 +529,8 @@ def text_plain_part() -> Case:
 
 @case
 def part_without_filename() -> Case:
-    body = raw_multipart(
-        part(
-            "file", png_bytes(), filename=None, content_type="application/octet-stream"
-        )
-    )
-    return Case(
-        "file part without a filename", OK, content=body, headers=MULTIPART_HEADERS
-    )
+    body = raw_multipart(part("file", png_bytes(), filename=None, content_type="application/octet-stream"))
+    return Case("file part without a filename", OK, content=body, headers=MULTIPART_HEADERS)
 
 
 @case
@@ -579,6 +539,4 @@ def extra_fields() -> Case:
         part("comment", b"hello", filename=None, content_type="text/plain"),
         part("file", png_bytes()),
     )
-    return Case(
-        "extra form fields besides file", OK, content=body, headers=MULTIPART_HEADERS
-    )
+    return Case("extra form fields besides file", OK, content=body, headers=MULTIPART_HEADERS)

@@ -8,10 +8,10 @@ import io
 import httpx
 import numpy as np
 import pytest
+from conftest import copy_bundle
 from PIL import Image
 
 from app.bundle import RESEARCH_DISCLAIMER
-from conftest import copy_bundle
 from tests.media import dicom, gray_of, png, png_bomb, png_variants
 
 UPLOAD_LIMIT = 3 * 1024 * 1024
@@ -99,8 +99,11 @@ def test_bad_inputs_get_helpful_4xx_json_and_the_service_stays_ready(client, sam
         "not an image": (upload(client, b"%PDF-1.4 definitely not an x-ray" * 10), 415, "unsupported_format"),
         "truncated jpeg": (upload(client, jpeg[: len(jpeg) // 3]), 422, "corrupt_image"),
         "decompression bomb": (upload(client, png_bomb()), 413, "too_many_pixels"),
-        "not multipart": (client.post("/predict", content=jpeg, headers={"content-type": "application/json"}), 415,
-                          "unsupported_media_type"),
+        "not multipart": (
+            client.post("/predict", content=jpeg, headers={"content-type": "application/json"}),
+            415,
+            "unsupported_media_type",
+        ),
     }
     for name, (response, status, code) in cases.items():
         assert response.status_code == status, (name, response.text)
@@ -118,12 +121,18 @@ def test_oversize_uploads_are_413_with_and_without_content_length(client):
     assert declared.status_code == 413 and declared.json()["error"]["code"] == "upload_too_large"
 
     def chunked():
-        yield b'--b0undary\r\nContent-Disposition: form-data; name="file"; filename="' + SECRET_NAME.encode() + b'"\r\n\r\n'
+        yield (
+            b'--b0undary\r\nContent-Disposition: form-data; name="file"; filename="'
+            + SECRET_NAME.encode()
+            + b'"\r\n\r\n'
+        )
         for _ in range(UPLOAD_LIMIT // 65536 + 4):
             yield b"\0" * 65536
         yield b"\r\n--b0undary--\r\n"
 
-    streamed = client.post("/predict", content=chunked(), headers={"content-type": "multipart/form-data; boundary=b0undary"})
+    streamed = client.post(
+        "/predict", content=chunked(), headers={"content-type": "multipart/form-data; boundary=b0undary"}
+    )
     assert "content-length" not in streamed.request.headers
     assert streamed.status_code == 413 and streamed.json()["error"]["code"] == "upload_too_large"
     assert_still_ready(client)

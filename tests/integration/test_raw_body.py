@@ -58,7 +58,10 @@ def test_raw_body_predicts_like_multipart(client, uploads, content_type):
     assert by_raw.status_code == 200, by_raw.text
     body = by_raw.json()
     assert body["disclaimer"] == RESEARCH_DISCLAIMER
-    assert body["input"]["format"] == {"image/jpeg": "JPEG", "image/png": "PNG", "application/dicom": "DICOM"}[content_type]
+    assert (
+        body["input"]["format"]
+        == {"image/jpeg": "JPEG", "image/png": "PNG", "application/dicom": "DICOM"}[content_type]
+    )
     assert body["probability"] == pytest.approx(multipart(client, "/predict", data).json()["probability"], abs=1e-9)
     # the id is usable like a multipart one
     assert client.get(f"/explain/{body['prediction_id']}").status_code == 200

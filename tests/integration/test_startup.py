@@ -5,9 +5,9 @@ from __future__ import annotations
 import subprocess
 
 import httpx
+from conftest import copy_bundle, launch
 
 from app.bundle import KERAS_FILENAME, ONNX_FILENAME
-from conftest import copy_bundle, launch
 
 
 def test_tampered_onnx_makes_the_server_exit_nonzero_naming_the_checksum(tiny_bundle, tmp_path):
@@ -27,7 +27,9 @@ def test_tampered_onnx_makes_the_server_exit_nonzero_naming_the_checksum(tiny_bu
     assert "refusing to start" in output and "checksum mismatch" in output and ONNX_FILENAME in output
 
 
-def test_bundle_without_keras_serves_predictions_but_not_explanations(start_server, tiny_bundle, tmp_path, sample_images):
+def test_bundle_without_keras_serves_predictions_but_not_explanations(
+    start_server, tiny_bundle, tmp_path, sample_images
+):
     bundle = copy_bundle(tiny_bundle, tmp_path / "bundle")
     (bundle / KERAS_FILENAME).unlink()
     server = start_server(bundle)

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import base64
 import json
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query, Request, Response
 
@@ -34,7 +34,7 @@ MethodQuery = Annotated[
         "not depend on the model, served for comparison. Unknown names: 422."
     ),
 ]
-PNG_RESPONSE = {
+PNG_RESPONSE: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "Explanation JSON, or with ?format=png the overlay PNG (headers X-Probability, X-Label, "
         "X-Disclaimer, X-Method, X-Explained-Class, X-Map-Layers, X-Warnings: a JSON list). " + COLOUR_SCALE,
@@ -74,8 +74,13 @@ def _respond(service: ModelService, analysis: Analysis, decision, fmt: str) -> E
         method=result.method,
         explained_class=result.explained_class,
         map=ExplanationMap(
-            width=width, height=height, values=encode_map(result.values), resolution=result.resolution,
-            method=result.method, layers=list(result.layers), explained_class=result.explained_class,
+            width=width,
+            height=height,
+            values=encode_map(result.values),
+            resolution=result.resolution,
+            method=result.method,
+            layers=list(result.layers),
+            explained_class=result.explained_class,
         ),
     )
 
@@ -86,7 +91,8 @@ def _respond(service: ModelService, analysis: Analysis, decision, fmt: str) -> E
     summary="Prediction plus a saliency map and its overlay (research use only)",
     description="Same input as /predict. The map explains the predicted class: for PNEUMONIA the regions that "
     "raised the model's logit, for NORMAL those that lowered it (evidence for NORMAL). `map` holds the raw values "
-    "(base64 float32, 0..1, at the model-input resolution); `heatmap` is the overlay PNG. " + COLOUR_SCALE
+    "(base64 float32, 0..1, at the model-input resolution); `heatmap` is the overlay PNG. "
+    + COLOUR_SCALE
     + " It shows what drove the model's score, not a localisation of disease.",
     openapi_extra={"requestBody": UPLOAD_REQUEST_BODY},
     responses={**error_responses(400, 413, 415, 422, 503), **PNG_RESPONSE},
@@ -120,7 +126,8 @@ async def explain_cached(
     analysis = await service.explain_cached(prediction_id, ExplainRequest(method, decision.threshold))
     if analysis is None:
         raise ApiError(
-            404, "prediction_not_found",
+            404,
+            "prediction_not_found",
             "No recent prediction with this id: it is unknown or expired (predictions are kept for "
             f"{service.settings.cache_ttl_s:g} s, never on disk). Upload the image to POST /explain instead.",
         )

@@ -14,8 +14,12 @@ async def live() -> dict[str, str]:
     return {"status": "alive"}
 
 
-@router.get("/ready", response_model=Health, summary="Readiness: 200 once the bundle is loaded and self-tested",
-            responses=error_responses(503))
+@router.get(
+    "/ready",
+    response_model=Health,
+    summary="Readiness: 200 once the bundle is loaded and self-tested",
+    responses=error_responses(503),
+)
 async def ready(request: Request) -> Health:
     service = getattr(request.app.state, "service", None)
     if service is None:

@@ -9,7 +9,11 @@ from app.schemas import ModelCard
 router = APIRouter(tags=["model"])
 
 
-@router.get("/model", response_model=ModelCard, summary="What the served model is, how it was validated, its limits",
-            responses=error_responses(503))
+@router.get(
+    "/model",
+    response_model=ModelCard,
+    summary="What the served model is, how it was validated, its limits",
+    responses=error_responses(503),
+)
 async def model(service: ServiceDep) -> ModelCard:
     return ModelCard.from_metadata(service.metadata, service.explain_available)
