@@ -38,6 +38,7 @@ POLICIES: tuple[Policy, ...] = ("refuse", "warn", "off")
 # Cheap-check limits, set from the 4,430 training X-rays (192 px model input) with a wide margin:
 # pixel standard deviation >= 19.7 on every training image; the noise ratio (mean |Laplacian| / std) <= 0.21
 # on every training image, while noise images score 2.6 and rendered text 1.1 (results/ood/README.md).
+ANALYSIS_SIDE = 192  # the resolution the noise limit below was measured at
 MIN_PIXEL_STD = 8.0
 MAX_NOISE_RATIO = 0.45
 MAX_ASPECT_RATIO = 2.5
@@ -204,8 +205,15 @@ def colour_reason(colour_deviation: float) -> str | None:
 
 
 def pixel_reasons(gray: np.ndarray, width: int, height: int, measurements: dict[str, float]) -> list[str]:
-    """Cheap checks on the (H, W) model-input gray levels and the upload's own size."""
+    """Cheap checks on the (H, W) model-input gray levels and the upload's own size.
+
+    The noise ratio depends on the resolution it is measured at (a downsampled X-ray has sharper pixel-to-pixel
+    steps), and its limit was set at 192 px: other model-input sizes are resized to that first.
+    """
     pixels = gray.astype(np.float32)
+    if pixels.shape != (ANALYSIS_SIDE, ANALYSIS_SIDE):
+        resized = Image.fromarray(pixels, mode="F").resize((ANALYSIS_SIDE, ANALYSIS_SIDE), Image.Resampling.BILINEAR)
+        pixels = np.asarray(resized, dtype=np.float32)
     std = float(pixels.std())
     laplacian = 4 * pixels[1:-1, 1:-1] - pixels[:-2, 1:-1] - pixels[2:, 1:-1] - pixels[1:-1, :-2] - pixels[1:-1, 2:]
     noise_ratio = float(np.abs(laplacian).mean() / (std + 1.0))

@@ -191,10 +191,10 @@ def test_busy_service_answers_503_with_retry_after(make_app, sample_jpeg):
     entered = threading.Event()
     original = service._analyse_sync
 
-    def slow(data, explain):
+    def slow(*args):
         entered.set()
         gate.wait(10)
-        return original(data, explain)
+        return original(*args)
 
     service._analyse_sync = slow
 

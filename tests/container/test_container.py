@@ -72,12 +72,18 @@ def wait_healthy(container: str, base_url: str, timeout: float = READY_TIMEOUT_S
     pytest.fail(f"container {container} not healthy within {timeout}s:\n{logs(container)}")
 
 
-def check_predict_and_explain(base_url: str, sample: Path, expected_label: str | None = None) -> dict:
-    """/predict and /explain from outside the container; both bundles used here carry their Keras model."""
+def check_predict_and_explain(
+    base_url: str, sample: Path, expected_label: str | None = None, params: dict[str, str] | None = None
+) -> dict:
+    """/predict and /explain from outside the container; both bundles used here carry their Keras model.
+
+    The shipped bundle answers at the default input-check policy. The tiny bundle's detector was fitted on 36
+    synthetic variants at 32 px, so its verdict on a real sample means nothing: that test asks for `warn`
+    (a verdict is still given and checked, the answer is not refused)."""
     ready = httpx.get(f"{base_url}/health/ready", timeout=5).json()
     assert ready["status"] == "ready" and ready["explain"], ready
     files = {"file": (sample.name, sample.read_bytes(), "image/jpeg")}
-    response = httpx.post(f"{base_url}/predict", files=files, timeout=120)
+    response = httpx.post(f"{base_url}/predict", files=files, params=params, timeout=120)
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["disclaimer"] == RESEARCH_DISCLAIMER
@@ -87,8 +93,9 @@ def check_predict_and_explain(base_url: str, sample: Path, expected_label: str |
     assert body["model"]["sha256"] == ready["model"]["sha256"]
     assert body["input"]["format"] == "JPEG"
     assert body["prediction_id"]
+    assert body["input_check"]["detector"] == "available", body["input_check"]
 
-    response = httpx.post(f"{base_url}/explain", files=files, timeout=300)
+    response = httpx.post(f"{base_url}/explain", files=files, params=params, timeout=300)
     assert response.status_code == 200, response.text
     explained = response.json()
     assert explained["disclaimer"] == RESEARCH_DISCLAIMER
@@ -192,7 +199,7 @@ def test_tiny_bundle_mounted_read_only(run_container, report, tiny_bundle, sampl
     )  # fmt: skip
     ready_s = wait_healthy(name, base_url)
     report["ready_seconds_tiny_bundle"] = round(ready_s, 1)
-    check_predict_and_explain(base_url, sample_images["PNEUMONIA"][0])
+    check_predict_and_explain(base_url, sample_images["PNEUMONIA"][0], params={"input_check": "warn"})
     assert_non_root_and_clean_stop(name)
 
 
