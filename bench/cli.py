@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
 import shlex
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 
@@ -92,11 +93,20 @@ def machine_info(idle_seconds: float) -> dict:
 
 def versions() -> dict[str, str]:
     out = {}
-    for package in ("fastapi", "starlette", "uvicorn", "httpx", "onnxruntime", "tensorflow-cpu", "tensorflow", "keras", "numpy", "pillow"):
-        try:
+    for package in (
+        "fastapi",
+        "starlette",
+        "uvicorn",
+        "httpx",
+        "onnxruntime",
+        "tensorflow-cpu",
+        "tensorflow",
+        "keras",
+        "numpy",
+        "pillow",
+    ):
+        with contextlib.suppress(importlib_metadata.PackageNotFoundError):
             out[package] = importlib_metadata.version(package)
-        except importlib_metadata.PackageNotFoundError:
-            pass
     return out
 
 
@@ -109,8 +119,14 @@ def sample_paths() -> list[Path]:
 
 
 async def levels(
-    server: Server, path: str, uploads: list[Upload], requests: int, timeout_s: float, warmup_per_worker: int = 2,
-    concurrencies: tuple[int, ...] = LEVELS, label: str = "",
+    server: Server,
+    path: str,
+    uploads: list[Upload],
+    requests: int,
+    timeout_s: float,
+    warmup_per_worker: int = 2,
+    concurrencies: tuple[int, ...] = LEVELS,
+    label: str = "",
 ) -> list[dict]:
     out = []
     for concurrency in concurrencies:
@@ -137,7 +153,12 @@ async def bench_service(bundle: Path, uploads: list[Upload], raw_uploads: list[U
     try:
         memory = {"rss_after_startup_kib": server.memory_kib()["VmRSS"]}
         log(f"  ready in {server.startup_s:.1f} s; warming up")
-        for path, concurrency, n in (("/predict", 1, 30), ("/predict", 4, 40), ("/explain", 1, 10), ("/explain", 4, 12)):
+        for path, concurrency, n in (
+            ("/predict", 1, 30),
+            ("/predict", 4, 40),
+            ("/explain", 1, 10),
+            ("/explain", 4, 12),
+        ):
             await run_level(server.base_url, path, uploads, concurrency, n, timeout_s=120)
         memory["rss_after_warmup_kib"] = server.memory_kib()["VmRSS"]
 
@@ -159,14 +180,26 @@ async def bench_service(bundle: Path, uploads: list[Upload], raw_uploads: list[U
         log(f"  round trip GET /health/live c=1: p50 {trip['p50_ms']} ms")
         log("  latency levels")
         predict = await levels(server, "/predict", uploads, args.requests, 30.0)
-        predict_raw = await levels(server, "/predict", raw_uploads, args.requests, 30.0, concurrencies=RAW_LEVELS, label=" (raw body)")
+        predict_raw = await levels(
+            server, "/predict", raw_uploads, args.requests, 30.0, concurrencies=RAW_LEVELS, label=" (raw body)"
+        )
         explain = await levels(server, "/explain", uploads, args.explain_requests, 120.0, warmup_per_worker=1)
         limit = settings["max_concurrency"] + settings["max_queue"]
         over_c = 2 * limit
         log(f"  over the limit: /predict at c={over_c} (limit {limit} in flight)")
-        over = await run_level(server.base_url, "/predict", uploads, over_c, args.overload_requests, timeout_s=30, cpu_reader=server.cpu_seconds)
+        over = await run_level(
+            server.base_url,
+            "/predict",
+            uploads,
+            over_c,
+            args.overload_requests,
+            timeout_s=30,
+            cpu_reader=server.cpu_seconds,
+        )
         overload = over.summary()
-        log(f"  c={over_c}: 200 {overload['ok']}, 503+Retry-After {overload['busy_503_with_retry_after']}, errors {overload['errors']}")
+        log(
+            f"  c={over_c}: 200 {overload['ok']}, 503+Retry-After {overload['busy_503_with_retry_after']}, errors {overload['errors']}"
+        )
         status = server.memory_kib()
         memory.update(rss_end_kib=status["VmRSS"], hwm_end_kib=status["VmHWM"], threads_end=status.get("Threads"))
     finally:
@@ -177,7 +210,13 @@ async def bench_service(bundle: Path, uploads: list[Upload], raw_uploads: list[U
 
 
 async def bench_baseline(bundle: Path, uploads: list[Upload], args) -> dict:
-    server = Server("baseline", "bench.baseline_server:app", clean_env(BENCH_BASELINE_MODEL_DIR=str(bundle)), "/health", RESULTS / "raw" / "baseline.log")
+    server = Server(
+        "baseline",
+        "bench.baseline_server:app",
+        clean_env(BENCH_BASELINE_MODEL_DIR=str(bundle)),
+        "/health",
+        RESULTS / "raw" / "baseline.log",
+    )
     log(f"starting the Keras baseline on {server.base_url}")
     server.start()
     try:
@@ -193,22 +232,44 @@ async def bench_baseline(bundle: Path, uploads: list[Upload], args) -> dict:
     finally:
         code = server.stop()
     log(f"  baseline stopped (exit code {code})")
-    return {"startup_s": round(server.startup_s or 0, 2), "predict": predict, "explain": explain, "memory": memory, "exit_code": code}
+    return {
+        "startup_s": round(server.startup_s or 0, 2),
+        "predict": predict,
+        "explain": explain,
+        "memory": memory,
+        "exit_code": code,
+    }
 
 
 # --- main ------------------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("--bundle", type=Path, default=REPO_ROOT / "models" / "default", help="model bundle (default: models/default)")
-    parser.add_argument("--quick", action="store_true", help="short smoke run (few requests; numbers are indicative only)")
-    parser.add_argument("--requests", type=int, help="service /predict requests per concurrency level (default 500; quick 60)")
-    parser.add_argument("--explain-requests", type=int, help="service /explain requests per level (default max(50, N/4))")
-    parser.add_argument("--baseline-requests", type=int, help="baseline /predict requests per level (default max(50, N/5))")
-    parser.add_argument("--baseline-explain-requests", type=int, help="baseline /explain requests per level (default 50)")
-    parser.add_argument("--memory-requests", type=int, help="/predict requests at c=4 in the memory phase (default 2000)")
+    parser.add_argument(
+        "--bundle", type=Path, default=REPO_ROOT / "models" / "default", help="model bundle (default: models/default)"
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="short smoke run (few requests; numbers are indicative only)"
+    )
+    parser.add_argument(
+        "--requests", type=int, help="service /predict requests per concurrency level (default 500; quick 60)"
+    )
+    parser.add_argument(
+        "--explain-requests", type=int, help="service /explain requests per level (default max(50, N/4))"
+    )
+    parser.add_argument(
+        "--baseline-requests", type=int, help="baseline /predict requests per level (default max(50, N/5))"
+    )
+    parser.add_argument(
+        "--baseline-explain-requests", type=int, help="baseline /explain requests per level (default 50)"
+    )
+    parser.add_argument(
+        "--memory-requests", type=int, help="/predict requests at c=4 in the memory phase (default 2000)"
+    )
     parser.add_argument("--overload-requests", type=int, help="requests beyond the concurrency limit (default 400)")
     parser.add_argument("--floor-iterations", type=int, help="timed calls per floor step (default 500)")
-    parser.add_argument("--skip-baseline", action="store_true", help="do not start the Keras baseline (no speed-up ratios)")
+    parser.add_argument(
+        "--skip-baseline", action="store_true", help="do not start the Keras baseline (no speed-up ratios)"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS, help="directory for benchmark.json and benchmark.md")
     return parser
 
@@ -234,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
               "`python -m training export --run RUN --out DIR`", file=sys.stderr)  # fmt: skip
         return 2
     meta = read_metadata(bundle)
-    started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    started_at = datetime.now(UTC).isoformat(timespec="seconds")
     t0 = time.perf_counter()
     machine = machine_info(2.0 if args.quick else 5.0)
     if machine["contended"]:
@@ -244,11 +305,16 @@ def main(argv: list[str] | None = None) -> int:
     uploads = [Upload.from_file(p) for p in paths]
     raw_uploads = [Upload.raw(p) for p in paths]
     defaults = Settings.model_fields
-    settings = {k: defaults[k].default for k in ("max_concurrency", "max_queue", "onnx_intra_op_threads", "onnx_inter_op_threads")}
+    settings = {
+        k: defaults[k].default
+        for k in ("max_concurrency", "max_queue", "onnx_intra_op_threads", "onnx_inter_op_threads")
+    }
 
     log(f"floor: {args.floor_iterations} calls each")
     floor = measure_floor(bundle, meta, images, args.floor_iterations)
-    log(f"  session.run p50 {floor['model_session_run']['p50_ms']} ms, decode+preprocess p50 {floor['decode_preprocess']['p50_ms']} ms")
+    log(
+        f"  session.run p50 {floor['model_session_run']['p50_ms']} ms, decode+preprocess p50 {floor['decode_preprocess']['p50_ms']} ms"
+    )
     service = asyncio.run(bench_service(bundle, uploads, raw_uploads, args, settings))
     baseline = None if args.skip_baseline else asyncio.run(bench_baseline(bundle, uploads, args))
 
@@ -260,20 +326,37 @@ def main(argv: list[str] | None = None) -> int:
         "quick": args.quick,
         "command": "python -m bench " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])),
         "started_at": started_at,
-        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "duration_s": round(time.perf_counter() - t0, 1),
         "machine": machine,
         "versions": versions(),
         "bundle": {
-            "dir": str(bundle), "name": meta.name, "version": meta.version, "backbone": meta.backbone,
-            "input_size": list(meta.input_size), "onnx_sha256": meta.checksums.onnx_sha256,
-            "keras_sha256": meta.checksums.keras_sha256, "gradcam_layer": meta.gradcam_layer,
+            "dir": str(bundle),
+            "name": meta.name,
+            "version": meta.version,
+            "backbone": meta.backbone,
+            "input_size": list(meta.input_size),
+            "onnx_sha256": meta.checksums.onnx_sha256,
+            "keras_sha256": meta.checksums.keras_sha256,
+            "gradcam_layer": meta.gradcam_layer,
         },  # fmt: skip
         "service_settings": settings,
         "parameters": {
-            "images": len(paths), "image_names": [p.name for p in paths], "levels": list(LEVELS),
-            **{k: getattr(args, k) for k in ("requests", "explain_requests", "baseline_requests", "baseline_explain_requests",
-                                             "memory_requests", "overload_requests", "floor_iterations")},
+            "images": len(paths),
+            "image_names": [p.name for p in paths],
+            "levels": list(LEVELS),
+            **{
+                k: getattr(args, k)
+                for k in (
+                    "requests",
+                    "explain_requests",
+                    "baseline_requests",
+                    "baseline_explain_requests",
+                    "memory_requests",
+                    "overload_requests",
+                    "floor_iterations",
+                )
+            },
         },  # fmt: skip
         "floor": floor,
         "service": service,

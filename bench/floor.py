@@ -32,7 +32,9 @@ def _time_calls(function, iterations: int, warmup: int) -> list[float]:
     return timings
 
 
-def measure_floor(bundle: Path, metadata: BundleMetadata, images: list[bytes], iterations: int, warmup: int = 20) -> dict:
+def measure_floor(
+    bundle: Path, metadata: BundleMetadata, images: list[bytes], iterations: int, warmup: int = 20
+) -> dict:
     defaults = Settings.model_fields
     intra = defaults["onnx_intra_op_threads"].default
     inter = defaults["onnx_inter_op_threads"].default
@@ -40,7 +42,9 @@ def measure_floor(bundle: Path, metadata: BundleMetadata, images: list[bytes], i
     options.intra_op_num_threads = intra
     options.inter_op_num_threads = inter
     options.log_severity_level = 3
-    session = ort.InferenceSession(str(bundle / ONNX_FILENAME), sess_options=options, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(
+        str(bundle / ONNX_FILENAME), sess_options=options, providers=["CPUExecutionProvider"]
+    )
     size = metadata.input_size
     tensors = [to_model_input(decode_image(data), size)[None].astype(np.float32) for data in images]
     feeds = [{metadata.onnx_input_name: t} for t in tensors]
@@ -51,7 +55,11 @@ def measure_floor(bundle: Path, metadata: BundleMetadata, images: list[bytes], i
     model_s = summarize_ms(model, (50, 95))
     decode_s = summarize_ms(decode, (50, 95))
     return {
-        "onnx_session_options": {"intra_op_num_threads": intra, "inter_op_num_threads": inter, "provider": "CPUExecutionProvider"},
+        "onnx_session_options": {
+            "intra_op_num_threads": intra,
+            "inter_op_num_threads": inter,
+            "provider": "CPUExecutionProvider",
+        },
         "input_shape": [1, *size, 3],
         "onnx_outputs": outputs,
         "iterations": iterations,

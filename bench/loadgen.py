@@ -32,7 +32,7 @@ class Upload:
         data = path.read_bytes()
         boundary = f"bench{uuid.uuid4().hex}"
         head = (
-            f"--{boundary}\r\nContent-Disposition: form-data; name=\"{field_name}\"; filename=\"{path.name}\"\r\n"
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{field_name}"; filename="{path.name}"\r\n'
             "Content-Type: image/jpeg\r\n\r\n"
         ).encode()
         body = head + data + f"\r\n--{boundary}--\r\n".encode()
@@ -139,7 +139,9 @@ async def round_trip(base_url: str, path: str, requests: int, warmup: int = 20) 
     return {"path": path, **summarize_ms(timings, (50, 95))}
 
 
-async def _drive(client: httpx.AsyncClient, path: str, uploads: list[Upload], concurrency: int, total: int, result: LevelResult) -> None:
+async def _drive(
+    client: httpx.AsyncClient, path: str, uploads: list[Upload], concurrency: int, total: int, result: LevelResult
+) -> None:
     counter = iter(range(total))
 
     async def worker() -> None:

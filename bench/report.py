@@ -24,30 +24,50 @@ def compute_ratios(result: dict) -> dict:
     memory = service["memory"]
     growth = None
     if memory.get("rss_after_warmup_kib") and memory.get("rss_after_load_kib"):
-        growth = round(100.0 * (memory["rss_after_load_kib"] - memory["rss_after_warmup_kib"]) / memory["rss_after_warmup_kib"], 2)
+        growth = round(
+            100.0 * (memory["rss_after_load_kib"] - memory["rss_after_warmup_kib"]) / memory["rss_after_warmup_kib"], 2
+        )
     return {
         "service_vs_floor_predict_p50_c1": ratio(_p50(service["predict"], 1), floor["model_plus_decode_p50_ms"]),
         "speedup_vs_baseline_predict_p50_c1": ratio(_p50(baseline.get("predict", []), 1), _p50(service["predict"], 1)),
         "speedup_vs_baseline_explain_p50_c1": ratio(_p50(baseline.get("explain", []), 1), _p50(service["explain"], 1)),
-        "service_raw_body_vs_floor_predict_p50_c1": ratio(_p50(service.get("predict_raw_body", []), 1), floor["model_plus_decode_p50_ms"]),
-        "speedup_vs_baseline_predict_raw_body_p50_c1": ratio(_p50(baseline.get("predict", []), 1), _p50(service.get("predict_raw_body", []), 1)),
+        "service_raw_body_vs_floor_predict_p50_c1": ratio(
+            _p50(service.get("predict_raw_body", []), 1), floor["model_plus_decode_p50_ms"]
+        ),
+        "speedup_vs_baseline_predict_raw_body_p50_c1": ratio(
+            _p50(baseline.get("predict", []), 1), _p50(service.get("predict_raw_body", []), 1)
+        ),
         "service_throughput_c4_over_c1": ratio(_rps(service["predict"], 4), _rps(service["predict"], 1)),
         "service_throughput_c16_over_c1": ratio(_rps(service["predict"], 16), _rps(service["predict"], 1)),
-        "baseline_throughput_c4_over_c1": ratio(_rps(baseline.get("predict", []), 4), _rps(baseline.get("predict", []), 1)),
-        "speedup_vs_baseline_predict_throughput_c4": ratio(_rps(service["predict"], 4), _rps(baseline.get("predict", []), 4)),
+        "baseline_throughput_c4_over_c1": ratio(
+            _rps(baseline.get("predict", []), 4), _rps(baseline.get("predict", []), 1)
+        ),
+        "speedup_vs_baseline_predict_throughput_c4": ratio(
+            _rps(service["predict"], 4), _rps(baseline.get("predict", []), 4)
+        ),
         "service_explain_over_predict_p50_c1": ratio(_p50(service["explain"], 1), _p50(service["predict"], 1)),
         "service_memory_growth_pct": growth,
     }
 
 
-def _target(tid: str, description: str, value, comparator: str, threshold: float, extra_ok: bool = True, note: str = "") -> dict:
+def _target(
+    tid: str, description: str, value, comparator: str, threshold: float, extra_ok: bool = True, note: str = ""
+) -> dict:
     if value is None:
         met = None
     elif comparator == ">=":
         met = value >= threshold and extra_ok
     else:
         met = value <= threshold and extra_ok
-    return {"id": tid, "description": description, "value": value, "comparator": comparator, "threshold": threshold, "met": met, "note": note}
+    return {
+        "id": tid,
+        "description": description,
+        "value": value,
+        "comparator": comparator,
+        "threshold": threshold,
+        "met": met,
+        "note": note,
+    }
 
 
 def evaluate_targets(result: dict) -> list[dict]:
@@ -59,29 +79,60 @@ def evaluate_targets(result: dict) -> list[dict]:
     all_levels = service["predict"] + service["explain"] + ([overload] if overload else [])
     timeouts = sum(lv["error_breakdown"]["timeouts"] for lv in all_levels)
     targets = [
-        _target("predict_vs_baseline", "/predict p50 at c=1 at least 10x faster than the Keras baseline",
-                r["speedup_vs_baseline_predict_p50_c1"], ">=", 10.0),
-        _target("predict_vs_floor", "/predict p50 at c=1 at most 1.5x the floor (ONNX session.run + decode/preprocess p50)",
-                r["service_vs_floor_predict_p50_c1"], "<=", 1.5),
-        _target("throughput_scaling", "/predict throughput at c=4 at least 1.8x that at c=1, with no errors",
-                r["service_throughput_c4_over_c1"], ">=", 1.8, extra_ok=scaling_errors == 0,
-                note=f"errors at c=1 and c=4: {scaling_errors}"),
+        _target(
+            "predict_vs_baseline",
+            "/predict p50 at c=1 at least 10x faster than the Keras baseline",
+            r["speedup_vs_baseline_predict_p50_c1"],
+            ">=",
+            10.0,
+        ),
+        _target(
+            "predict_vs_floor",
+            "/predict p50 at c=1 at most 1.5x the floor (ONNX session.run + decode/preprocess p50)",
+            r["service_vs_floor_predict_p50_c1"],
+            "<=",
+            1.5,
+        ),
+        _target(
+            "throughput_scaling",
+            "/predict throughput at c=4 at least 1.8x that at c=1, with no errors",
+            r["service_throughput_c4_over_c1"],
+            ">=",
+            1.8,
+            extra_ok=scaling_errors == 0,
+            note=f"errors at c=1 and c=4: {scaling_errors}",
+        ),
     ]
     if overload:
         busy, errors = overload["busy_503_with_retry_after"], overload["errors"]
         met = busy > 0 and errors == 0 and timeouts == 0
-        targets.append({
-            "id": "backpressure", "comparator": "==", "threshold": 0, "value": errors + timeouts,
-            "description": f"beyond the concurrency limit (c={overload['concurrency']}): 503 with Retry-After, never timeouts or other errors",
-            "met": met if busy > 0 else None,
-            "note": f"503+Retry-After: {busy}, errors: {errors}, timeouts in all service levels: {timeouts}"
-            + ("" if busy > 0 else " (no 503 seen: the limit was not reached, target not exercised)"),
-        })
+        targets.append(
+            {
+                "id": "backpressure",
+                "comparator": "==",
+                "threshold": 0,
+                "value": errors + timeouts,
+                "description": f"beyond the concurrency limit (c={overload['concurrency']}): 503 with Retry-After, never timeouts or other errors",
+                "met": met if busy > 0 else None,
+                "note": f"503+Retry-After: {busy}, errors: {errors}, timeouts in all service levels: {timeouts}"
+                + ("" if busy > 0 else " (no 503 seen: the limit was not reached, target not exercised)"),
+            }
+        )
     targets += [
-        _target("explain_vs_baseline", "/explain p50 at c=1 at least 5x faster than the baseline's keras-io Grad-CAM",
-                r["speedup_vs_baseline_explain_p50_c1"], ">=", 5.0),
-        _target("memory_growth", f"RSS after {service['memory'].get('load_requests')} requests within 10% of RSS after warm-up",
-                r["service_memory_growth_pct"], "<=", 10.0),
+        _target(
+            "explain_vs_baseline",
+            "/explain p50 at c=1 at least 5x faster than the baseline's keras-io Grad-CAM",
+            r["speedup_vs_baseline_explain_p50_c1"],
+            ">=",
+            5.0,
+        ),
+        _target(
+            "memory_growth",
+            f"RSS after {service['memory'].get('load_requests')} requests within 10% of RSS after warm-up",
+            r["service_memory_growth_pct"],
+            "<=",
+            10.0,
+        ),
     ]
     return targets
 
@@ -139,7 +190,9 @@ def render_markdown(result: dict) -> str:
     for t in result["targets"]:
         verdict = {True: "**met**", False: "**missed**", None: "not measured"}[t["met"]]
         note = f" ({t['note']})" if t.get("note") else ""
-        lines.append(f"| {t['description']}{note} | {_fmt(t['value'], 2)} | {t['comparator']} {t['threshold']:g} | {verdict} |")
+        lines.append(
+            f"| {t['description']}{note} | {_fmt(t['value'], 2)} | {t['comparator']} {t['threshold']:g} | {verdict} |"
+        )
     r = result["ratios"]
     lines += [
         "",
@@ -176,10 +229,16 @@ def render_markdown(result: dict) -> str:
         "server CPU is the server process's user+system CPU time per HTTP 200 response; 503 = back-pressure (503 with Retry-After), "
         "not an error; errors = any other non-200, 503 without Retry-After, timeouts, broken connections.",
         "",
-        *([f"Round trip of the same client to the service without an upload or a model (GET {service['round_trip']['path']}, c=1): "
-           f"p50 {_fmt(service['round_trip']['p50_ms'], 2)} ms, p95 {_fmt(service['round_trip']['p95_ms'], 2)} ms: loopback HTTP, "
-           "uvicorn and the httpx client, included in every /predict latency below and in none of the floor.", ""]
-          if service.get("round_trip") else []),
+        *(
+            [
+                f"Round trip of the same client to the service without an upload or a model (GET {service['round_trip']['path']}, c=1): "
+                f"p50 {_fmt(service['round_trip']['p50_ms'], 2)} ms, p95 {_fmt(service['round_trip']['p95_ms'], 2)} ms: loopback HTTP, "
+                "uvicorn and the httpx client, included in every /predict latency below and in none of the floor.",
+                "",
+            ]
+            if service.get("round_trip")
+            else []
+        ),
         "| Server | Route | c | 200/sent | p50 ms | p95 ms | p99 ms | req/s | server CPU ms/req | 503 | errors | statuses |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -210,7 +269,10 @@ def render_markdown(result: dict) -> str:
         )
     samples = mem.get("rss_samples_kib") or []
     if samples:
-        lines += ["", "Service RSS during the load phase (requests: MiB): "
-                  + ", ".join(f"{n}: {kib / 1024:.0f}" for n, kib in samples)]
+        lines += [
+            "",
+            "Service RSS during the load phase (requests: MiB): "
+            + ", ".join(f"{n}: {kib / 1024:.0f}" for n, kib in samples),
+        ]
     lines += ["", f"Reproduce: `{result['command']}`", ""]
     return "\n".join(lines)

@@ -43,7 +43,9 @@ def proc_cpu_seconds(pid: int) -> float:
 class Server:
     """`python -m uvicorn APP --workers 1` on 127.0.0.1:PORT; stdout+stderr go to `log_path`."""
 
-    def __init__(self, name: str, app: str, env: dict[str, str], ready_path: str, log_path: Path, args: tuple[str, ...] = ()):
+    def __init__(
+        self, name: str, app: str, env: dict[str, str], ready_path: str, log_path: Path, args: tuple[str, ...] = ()
+    ):
         self.name = name
         self.args = args  # further uvicorn options
         self.app = app
@@ -68,11 +70,15 @@ class Server:
         ]  # fmt: skip
         self._log = self.log_path.open("wb")
         started = time.perf_counter()
-        self.process = subprocess.Popen(command, cwd=REPO_ROOT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(
+            command, cwd=REPO_ROOT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT
+        )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.process.returncode} during start-up:\n{self.log_tail()}")
+                raise RuntimeError(
+                    f"{self.name} exited with {self.process.returncode} during start-up:\n{self.log_tail()}"
+                )
             try:
                 if httpx.get(self.base_url + self.ready_path, timeout=2.0).status_code == 200:
                     self.startup_s = time.perf_counter() - started
