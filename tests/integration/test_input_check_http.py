@@ -169,7 +169,7 @@ def test_a_schema_1_bundle_serves_without_pretending(start_server, tmp_path, xra
     del metadata["input_check"]
     (bundle / METADATA_FILENAME).write_text(json.dumps(metadata))
     (bundle / "input_check.npz").unlink()
-    server = start_server(bundle, PNEUMONIA_EXPLAIN_ENABLED="false")
+    server = start_server(bundle, PNEUMONIA_EXPLAIN_ENABLED="false", PNEUMONIA_INPUT_CHECK="refuse")
     with httpx.Client(base_url=server.base_url, timeout=60) as client:
         body = post(client, pixels_png(next(iter(xrays.values())))).json()
         check = body["input_check"]
