@@ -88,7 +88,7 @@ def service(browser, shipped_bundle, tmp_path_factory):
     """The real service on the shipped bundle, with the default settings a user gets; started once for all
     the browser tests (TensorFlow's import and the bundle's self-test take most of their time)."""
     log_path = tmp_path_factory.mktemp("browser_server") / "server.log"
-    process, base_url = launch(shipped_bundle, log_path)
+    process, base_url = launch(shipped_bundle, log_path, PNEUMONIA_INPUT_CHECK="refuse")  # the default policy
     try:
         wait_ready(process, base_url, log_path)
         yield Server(process, base_url, log_path)

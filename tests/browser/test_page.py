@@ -324,7 +324,7 @@ def older_service(start_server, shipped_bundle, tmp_path_factory):
     del metadata["input_check"]
     (bundle / METADATA_FILENAME).write_text(json.dumps(metadata))
     (bundle / "input_check.npz").unlink()
-    return start_server(bundle, PNEUMONIA_EXPLAIN_ENABLED="false")
+    return start_server(bundle, PNEUMONIA_EXPLAIN_ENABLED="false", PNEUMONIA_INPUT_CHECK="refuse")
 
 
 @pytest.fixture
