@@ -126,7 +126,6 @@ def fit_orientation(gray: np.ndarray, seed: int) -> tuple[LinearClassifier, Line
 class FittedCheck:
     model: InputCheckModel
     validation_acceptance: float
-    validation_scores: np.ndarray
 
 
 def fit_input_check(session, layer_names: list[str], train: np.ndarray, val: np.ndarray, *, seed: int) -> FittedCheck:
@@ -143,4 +142,4 @@ def fit_input_check(session, layer_names: list[str], train: np.ndarray, val: np.
     model = InputCheckModel(depths, tuple(layer_names), threshold, orientation, mirror, inversion)
     acceptance = float(np.mean(val_scores <= threshold))
     log.info("input check: threshold %.3f accepts %.4f of %d validation X-rays", threshold, acceptance, len(val))
-    return FittedCheck(model, acceptance, val_scores)
+    return FittedCheck(model, acceptance)
