@@ -33,6 +33,7 @@ CLASS_NAMES: tuple[str, str] = ("NORMAL", "PNEUMONIA")
 # float32 operation-order noise through ~100 layers measured up to 1.1e-4 on an untrained EfficientNetB0 and
 # 1e-6 on the shipped model; conversion faults (augmentation left active, lost preprocessing) differ by > 1e-2.
 PARITY_TOLERANCE = 1e-3
+EXPLAIN_ACTIVATION_OUTPUT = "explain_activation"
 
 RESEARCH_DISCLAIMER = (
     "Research use only. This model is not a medical device, has not been clinically validated, "
@@ -128,6 +129,15 @@ class InputCheckSpec(_Strict):
     method: str
 
 
+class ExplainActivation(_Strict):
+    """An extra output of model.onnx: the activation (N, h, w, C) of one model.keras layer, from the same run as
+    the probability. /explain feeds it to the part of model.keras after that layer (app/explain), so TensorFlow
+    does not repeat the forward pass up to it."""
+
+    output: str = EXPLAIN_ACTIVATION_OUTPUT
+    layer: str = Field(description="Layer of model.keras whose activation the output is.")
+
+
 class Adaptation(_Strict):
     """How an adapted bundle was derived from its source (python -m training adapt)."""
 
@@ -172,6 +182,9 @@ class BundleMetadata(_Strict):
     checksums: FileChecksums
     input_check: InputCheckSpec | None = Field(default=None, description="None in bundles before schema 2.")
     adaptation: Adaptation | None = None
+    explain_activation: ExplainActivation | None = Field(
+        default=None, description="None (bundles exported before it): /explain runs model.keras from the input."
+    )
 
     @model_validator(mode="after")
     def _default_point_exists(self) -> BundleMetadata:

@@ -40,6 +40,10 @@ class OnnxClassifier:
         if missing:
             raise BundleError(f"{path}: no ONNX outputs {missing} named by the input check (has {sorted(outputs)})")
         self._outputs = [self.output_name, *self.statistics_names]
+        # The activation /explain starts from, when the bundle's model.onnx has it (app.explain).
+        self.activation_name = metadata.explain_activation.output if metadata.explain_activation else None
+        if self.activation_name is not None and self.activation_name not in outputs:
+            raise BundleError(f"{path}: no ONNX output {self.activation_name!r} (has {sorted(outputs)})")
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """(N, H, W, 3) float32 RGB 0..255 -> (N,) P(pneumonia)."""
@@ -47,10 +51,22 @@ class OnnxClassifier:
 
     def run(self, batch: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
         """(N, H, W, 3) -> ((N,) P(pneumonia), one (N, 2C) statistics array per input-check depth): one run."""
+        probabilities, statistics, _ = self._run(batch, self._outputs)
+        return probabilities, statistics
+
+    def run_with_activation(self, batch: np.ndarray) -> tuple[np.ndarray, list[np.ndarray], np.ndarray | None]:
+        """As `run`, plus the explanation activation (N, h, w, C) of the same run (None if the bundle has none)."""
+        if self.activation_name is None:
+            return (*self.run(batch), None)
+        return self._run(batch, [*self._outputs, self.activation_name])
+
+    def _run(self, batch: np.ndarray, names: list[str]) -> tuple[np.ndarray, list[np.ndarray], np.ndarray | None]:
         batch = np.asarray(batch, dtype=np.float32)
         if batch.ndim != 4 or batch.shape[1:] != (*self.input_size, 3):
             raise ValueError(
                 f"expected a batch of shape (N, {self.input_size[0]}, {self.input_size[1]}, 3), got {batch.shape}"
             )
-        probabilities, *statistics = self.session.run(self._outputs, {self.input_name: batch})
-        return np.asarray(probabilities, dtype=np.float64).reshape(batch.shape[0], -1)[:, 0], statistics
+        probabilities, *rest = self.session.run(names, {self.input_name: batch})
+        statistics = rest[: len(self.statistics_names)]
+        activation = rest[len(self.statistics_names)] if len(names) > len(self._outputs) else None
+        return np.asarray(probabilities, dtype=np.float64).reshape(batch.shape[0], -1)[:, 0], statistics, activation

@@ -85,9 +85,11 @@ class DepthDetector:
     def score(self, features: np.ndarray) -> np.ndarray:
         centred = features - self.center  # (N, D)
         projected = centred @ self.basis  # (N, K)
-        residual = centred - projected @ self.basis.T
         within = np.sum(projected**2 / self.variances, axis=1) / len(self.variances)
-        off = np.sum(residual**2, axis=1) / self.residual_scale
+        # |residual|^2 = |centred|^2 - |projected|^2, as the basis is orthonormal (PCA directions): one
+        # (D, K) product per request instead of two.
+        residual = np.maximum(np.sum(centred**2, axis=1) - np.sum(projected**2, axis=1), 0.0)
+        off = residual / self.residual_scale
         return (np.sqrt(within + off) - self.median) / self.spread
 
 

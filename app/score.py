@@ -150,7 +150,8 @@ def score_batch(
         row.update(path=item.path, error_code=item.error_code, error_message=item.error_message)
         probability = None
         if item.image is not None:
-            _, _, probability, check = service.assess(item.image, "warn")
+            assessed = service.assess(item.image, "warn")
+            probability, check = assessed.probability, assessed.check
             row.update(
                 probability=str(probability), label="PNEUMONIA" if probability >= threshold else "NORMAL",
                 operating_point=point, threshold=str(threshold),

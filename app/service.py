@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from anyio import to_thread
@@ -96,6 +96,17 @@ class ConcurrencyLimiter:
             self._in_flight -= 1
 
 
+class Assessment(NamedTuple):
+    """What one ONNX run gives POST /predict: the image as scored, its model input, P(pneumonia), the input
+    check's verdict, and (when asked for) the explanation activation of the same run."""
+
+    image: DecodedImage
+    batch: np.ndarray  # (1, H, W, 3) float32 0..255
+    probability: float
+    check: InputCheckResult
+    activation: np.ndarray | None = None
+
+
 @dataclass(frozen=True)
 class Analysis:
     prediction_id: str
@@ -157,34 +168,39 @@ class ModelService:
     def _model_input(self, image: DecodedImage) -> np.ndarray:
         return to_model_input(image, self.metadata.input_size)[None]  # (1, H, W, 3) float32 0..255
 
-    def _predict(self, batch: np.ndarray) -> tuple[float, list[np.ndarray]]:
-        started = time.perf_counter()
-        probabilities, statistics = self.classifier.run(batch)
-        self._observe("predict", time.perf_counter() - started)
-        return float(probabilities[0]), statistics
-
-    def assess(self, image: DecodedImage, policy: Policy) -> tuple[DecodedImage, np.ndarray, float, InputCheckResult]:
+    def assess(self, image: DecodedImage, policy: Policy, *, activation: bool = False) -> Assessment:
         """Input check and P(pneumonia) in one ONNX run, exactly as POST /predict computes them.
 
-        Returns the image as scored (turned back upright when the check found it rotated or mirrored), its
-        model input, the probability and the verdict. Under `refuse`, a refused image raises NotAChestXrayError.
+        The image comes back as scored: turned back upright when the check found it rotated or mirrored.
+        Under `refuse`, a refused image raises NotAChestXrayError. `activation`: also fetch the explanation
+        activation of the same run (for /explain).
         """
         batch = self._model_input(image)
         check, scored = self.checker.inspect(image, batch[0, :, :, 0], policy)
         if scored is not image:
             image, batch = scored, self._model_input(scored)
-        probability, statistics = self._predict(batch)
+        started = time.perf_counter()
+        if activation:
+            probabilities, statistics, root_activation = self.classifier.run_with_activation(batch)
+        else:
+            (probabilities, statistics), root_activation = self.classifier.run(batch), None
+        self._observe("predict", time.perf_counter() - started)
         self.checker.score(check, statistics)
         if policy == "refuse" and not check.accepted:
             raise NotAChestXrayError(check)
-        return image, batch, probability, check
+        return Assessment(image, batch, float(probabilities[0]), check, root_activation)
 
     def predict_image(self, image: DecodedImage, policy: Policy = "off") -> float:
         """P(pneumonia) for a decoded image (no input check unless asked)."""
-        return self.assess(image, policy)[2]
+        return self.assess(image, policy).probability
 
     def _explain(
-        self, image: DecodedImage, batch: np.ndarray, probability: float, how: ExplainRequest
+        self,
+        image: DecodedImage,
+        batch: np.ndarray,
+        probability: float,
+        how: ExplainRequest,
+        activation: np.ndarray | None = None,
     ) -> ExplanationResult:
         """The map for the class predicted at the request's threshold (NORMAL: evidence for NORMAL)."""
         started = time.perf_counter()
@@ -192,7 +208,7 @@ class ModelService:
         explained_class = "PNEUMONIA" if probability >= threshold else "NORMAL"
         if self.gradcam is None:  # analyse() and explain_cached() check first; this keeps the type honest
             raise ExplainUnavailableError(self.explain_unavailable_reason or "Explanations are not available.")
-        result = self.gradcam.explain(image.pixels, batch, explained_class, how.method)
+        result = self.gradcam.explain(image.pixels, batch, explained_class, how.method, activation=activation)
         self._observe("explain", time.perf_counter() - started)
         return result
 
@@ -200,13 +216,11 @@ class ModelService:
         self, data: bytes, explain: ExplainRequest | None, policy: Policy
     ) -> tuple[DecodedImage, float, InputCheckResult, ExplanationResult | None]:
         image = decode_image(data, max_pixels=self.settings.max_pixels)
-        image, batch, probability, check = self.assess(image, policy)  # batch shared with the heatmap
-        return (
-            image,
-            probability,
-            check,
-            (None if explain is None else self._explain(image, batch, probability, explain)),
-        )
+        assessed = self.assess(image, policy, activation=explain is not None)  # shared with the map
+        result = None
+        if explain is not None:
+            result = self._explain(assessed.image, assessed.batch, assessed.probability, explain, assessed.activation)
+        return assessed.image, assessed.probability, assessed.check, result
 
     def _explain_image_sync(self, image: DecodedImage, probability: float, how: ExplainRequest) -> ExplanationResult:
         return self._explain(image, self._model_input(image), probability, how)
@@ -279,7 +293,8 @@ def _load_gradcam(bundle_dir: Path, metadata: BundleMetadata, settings: Settings
     except Exception as exc:  # Keras raises many types for unreadable archives
         raise BundleError(f"{keras_path}: Keras cannot load the model ({exc})") from exc
     try:
-        gradcam = Explainer(model, metadata.gradcam_layer, metadata.logit_layer)
+        root = metadata.explain_activation.layer if metadata.explain_activation else None
+        gradcam = Explainer(model, metadata.gradcam_layer, metadata.logit_layer, root=root)
     except ValueError as exc:
         raise BundleError(f"{keras_path}: {exc}") from exc
     return model, gradcam, None
@@ -337,9 +352,52 @@ def self_test(
             "model.onnx and model.keras are not the same network"
         )
     if gradcam is not None:
-        heatmap = gradcam.method()(batch[:1])  # the default method, traced here rather than on a first request
+        method = gradcam.method()  # the default method, traced here rather than on a first request
+        heatmap = method(batch[:1])
         if heatmap.ndim != 3 or not np.all(np.isfinite(heatmap)) or heatmap.min() < 0 or heatmap.max() > 1:
             raise BundleError("self-test failed: Grad-CAM produced a non-finite or out-of-range heatmap")
+        if metadata.explain_activation is not None:
+            report.update(_check_explain_activation(classifier, metadata.explain_activation.layer, keras_model,
+                                                    method, heatmap, batch[:1], tolerance))  # fmt: skip
+    return report
+
+
+def _check_explain_activation(
+    classifier: OnnxClassifier,
+    layer: str,
+    keras_model: Any,
+    method: Any,
+    heatmap: np.ndarray,
+    batch: np.ndarray,
+    tolerance: float,
+) -> dict[str, float]:
+    """/explain starts from model.onnx's explain_activation: it must be `layer`'s activation in model.keras,
+    and the default method's map from it must be the one model.keras gives from the image."""
+    import keras
+
+    activation = classifier.run_with_activation(batch)[2]
+    expected = np.asarray(keras.Model(keras_model.input, keras_model.get_layer(layer).output)(batch, training=False))
+    if activation is None or activation.shape != expected.shape:
+        raise BundleError(
+            f"self-test failed: model.onnx's explain_activation has shape "
+            f"{None if activation is None else activation.shape}, layer {layer!r} of model.keras {expected.shape}"
+        )
+    report = {
+        "explain_activation_difference": float(
+            np.max(np.abs(activation - expected)) / (np.max(np.abs(expected)) + 1e-6)
+        )
+    }
+    if method.accepts_activation:
+        report["explain_activation_map_difference"] = float(
+            np.max(np.abs(method.maps_from_activation(activation)[0] - heatmap))
+        )
+    else:
+        log.warning("explanations by %s start from the image: it cannot start from layer %s", method.name, layer)
+    if not max(report.values()) <= tolerance:
+        raise BundleError(
+            f"self-test failed: model.onnx's explain_activation and model.keras's layer {layer!r} disagree "
+            f"({', '.join(f'{k} {v:.2e}' for k, v in report.items())}; tolerance {tolerance:g})"
+        )
     return report
 
 

@@ -50,7 +50,8 @@ def run(bundle: Path, items: list[CorpusItem]) -> dict:
     for item in items:
         image = decode_image(item.data)
         started = time.perf_counter()
-        _, _, probability, check = service.assess(image, "warn")
+        assessed = service.assess(image, "warn")
+        probability, check = assessed.probability, assessed.check
         rows.append(
             {"kind": item.kind, "name": item.name, "accepted": check.accepted, "score": check.ood_score,
              "rotated_back": check.rotated_back_degrees, "probability": probability, "reasons": check.reasons,

@@ -127,8 +127,14 @@ def adapt_batchnorm(model, images: np.ndarray, batch_size: int = BATCH_SIZE) -> 
 def adapt_bundle(bundle_dir: Path, folder: Path, out_dir: Path, *, min_images: int = DEFAULT_MIN_IMAGES) -> Path:
     import keras
 
-    from training import ood
-    from training.export import PARITY_IMAGES, convert_to_onnx, parity_check, staged_bundle, write_bundle_metadata
+    from training.export import (
+        PARITY_IMAGES,
+        convert_to_onnx,
+        parity_check,
+        served_model,
+        staged_bundle,
+        write_bundle_metadata,
+    )
 
     bundle_dir, out_dir = Path(bundle_dir), Path(out_dir)
     if out_dir.resolve() == bundle_dir.resolve():
@@ -152,7 +158,8 @@ def adapt_bundle(bundle_dir: Path, folder: Path, out_dir: Path, *, min_images: i
         model = keras.models.load_model(keras_path, compile=False)
         layers_adapted = adapt_batchnorm(model, site.images)
         model.save(staging / KERAS_FILENAME)
-        served = ood.with_statistics(model, ood.statistic_layers(model)) if metadata.input_check else model
+        # the source's served form: a schema-1 source has neither the statistics nor the activation outputs
+        served, explain_activation = served_model(model) if metadata.input_check else (model, None)
         input_name, output_name = convert_to_onnx(served, metadata.input_size[0], staging / ONNX_FILENAME)
         difference = parity_check(staging / ONNX_FILENAME, model, site.images[:PARITY_IMAGES])
         adapted = metadata.model_copy(
@@ -162,6 +169,7 @@ def adapt_bundle(bundle_dir: Path, folder: Path, out_dir: Path, *, min_images: i
                 "version": f"{metadata.version}+adabn.{utc_now():%Y%m%d%H%M%S}",
                 "onnx_input_name": input_name,
                 "onnx_output_name": output_name,
+                "explain_activation": explain_activation,
                 "checksums": FileChecksums(
                     onnx_sha256=sha256_file(staging / ONNX_FILENAME),
                     keras_sha256=sha256_file(staging / KERAS_FILENAME),

@@ -207,7 +207,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 def add_input_check(sub: argparse._SubParsersAction) -> None:
     check = sub.add_parser(
         "input-check",
-        help="give an existing bundle the input check (OOD detector, orientation), fitted on its recorded split",
+        help="re-export an existing bundle's model.onnx in the current served form (input-check statistics, "
+        "explanation activation) and fit the input check (OOD detector, orientation) on its recorded split",
     )
     check.add_argument("--bundle", required=True, help="bundle directory to start from; required")
     check.add_argument(

@@ -19,12 +19,14 @@ import numpy as np
 
 from app import __version__
 from app.bundle import (
+    EXPLAIN_ACTIVATION_OUTPUT,
     KERAS_FILENAME,
     MODEL_CARD_FILENAME,
     ONNX_FILENAME,
     PARITY_TOLERANCE,
     BundleMetadata,
     DataSummary,
+    ExplainActivation,
     FileChecksums,
     InputCheckSpec,
     LogitCalibration,
@@ -83,6 +85,7 @@ class Conversion:
     output_name: str
     parity_max_abs_diff: float
     parity_tolerance: float
+    explain_activation: ExplainActivation
 
 
 def read_run_model(run_dir: Path, backbone: str | None) -> RunModel:
@@ -118,6 +121,21 @@ def bake_calibration(model, calibration: LogitCalibration):
     kernel, bias = logit.get_weights()
     logit.set_weights([kernel * calibration.scale, bias * calibration.scale + calibration.bias])
     return model
+
+
+def served_model(model) -> tuple[Any, ExplainActivation]:
+    """What model.onnx computes, all in one run: P(pneumonia) (first output), the input check's statistics
+    (stats_i) and the activation explanations start from (explain_activation, see app.explain)."""
+    import keras
+    from keras import layers
+
+    from app.explain import activation_layer
+
+    with_statistics = ood.with_statistics(model, ood.statistic_layers(model))
+    root = activation_layer(model)
+    activation = layers.Identity(name=EXPLAIN_ACTIVATION_OUTPUT)(model.get_layer(root).output)  # (N, h, w, C)
+    served = keras.Model(model.input, [*with_statistics.outputs, activation], name=f"{model.name}_served")
+    return served, ExplainActivation(output=EXPLAIN_ACTIVATION_OUTPUT, layer=root)
 
 
 def convert_to_onnx(model, image_size: int, path: Path) -> tuple[str, str]:
@@ -216,6 +234,7 @@ def build_metadata(
         onnx_output_name=conversion.output_name,
         gradcam_layer=BACKBONES[run.backbone].gradcam_layer,
         logit_layer=LOGIT_LAYER,
+        explain_activation=conversion.explain_activation,
         calibration=LogitCalibration.model_validate(evaluation["calibration"]),
         default_operating_point=default_point,
         operating_points=[OperatingPoint.model_validate(p) for p in evaluation["operating_points"]],
@@ -294,14 +313,14 @@ def _write_models(run_dir: Path, run: RunModel, staging: Path, parity_tolerance:
     checkpoint = layout.model_dir(run_dir, run.backbone) / layout.BEST_CHECKPOINT
     model = bake_calibration(keras.models.load_model(checkpoint, compile=False), calibration)
     model.save(staging / KERAS_FILENAME)
-    served = ood.with_statistics(model, ood.statistic_layers(model))  # probability + the input check's statistics
+    served, explain_activation = served_model(model)
     input_name, output_name = convert_to_onnx(served, image_size, staging / ONNX_FILENAME)
     probe = decode_samples(
         layout.read_run_split(run_dir)["val"][:PARITY_IMAGES], (image_size, image_size), desc="parity"
     )
     difference = parity_check(staging / ONNX_FILENAME, model, probe.images, parity_tolerance)
     log.info("ONNX/Keras parity on %d validation images: max |dp| = %.2e", len(probe.labels), difference)
-    return Conversion(input_name, output_name, difference, parity_tolerance)
+    return Conversion(input_name, output_name, difference, parity_tolerance, explain_activation)
 
 
 def write_input_check(staging: Path, train: list, val: list, image_size: int, seed: int) -> InputCheckSpec:
@@ -342,8 +361,9 @@ def add_input_check(
     seed: int = 0,
     parity_tolerance: float = PARITY_TOLERANCE,
 ) -> Path:
-    """Give an existing bundle the input check: re-export model.onnx with the statistics outputs, fit the
-    detector on the recorded training split, and write a schema-2 bundle to `out_dir` (staged, parity-checked).
+    """Bring an existing bundle to the current served form: re-export model.onnx from model.keras with the
+    statistics and explanation-activation outputs (`served_model`), fit the input check on the recorded training
+    split, and write a schema-2 bundle to `out_dir` (staged, parity-checked). model.keras is not changed.
     """
     import keras
 
@@ -357,7 +377,7 @@ def add_input_check(
     keep = lambda name: name != ONNX_FILENAME and not name.endswith(".npz")  # noqa: E731 - both are rewritten
     with staged_bundle(out_dir, bundle_dir, keep=keep) as staging:
         model = keras.models.load_model(staging / KERAS_FILENAME, compile=False)
-        served = ood.with_statistics(model, ood.statistic_layers(model))
+        served, explain_activation = served_model(model)
         size = metadata.input_size[0]
         input_name, output_name = convert_to_onnx(served, size, staging / ONNX_FILENAME)
         probe = decode_samples(split["val"][:PARITY_IMAGES], (size, size), desc="parity")
@@ -369,6 +389,7 @@ def add_input_check(
                 "onnx_input_name": input_name,
                 "onnx_output_name": output_name,
                 "input_check": input_check,
+                "explain_activation": explain_activation,
                 "training": {**metadata.training, "parity_max_abs_diff": difference},
                 "checksums": FileChecksums(
                     onnx_sha256=sha256_file(staging / ONNX_FILENAME), keras_sha256=metadata.checksums.keras_sha256

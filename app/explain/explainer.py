@@ -14,6 +14,7 @@ from app.explain.methods import (
     CentralBlob,
     GradCAM,
     GradCAMPlusPlus,
+    GradientCam,
     HiResCAM,
     LayerCAM,
     RandomMap,
@@ -73,12 +74,18 @@ def resolve_layers(model: Any, bundle_layer: str) -> dict[str, str]:
     return {"bundle": bundle_layer, "stride16": layer_at_stride(model, 16), "stride8": layer_at_stride(model, 8)}
 
 
-def build_method(name: str, model: Any, bundle_layer: str, logit_layer: str) -> SaliencyMethod:
+def activation_layer(model: Any) -> str:
+    """The layer whose activation model.onnx also outputs (bundle `explain_activation`): the stride-8 layer,
+    the earliest any gradient method above reads, so every one of them can start from it."""
+    return layer_at_stride(model, 8)
+
+
+def build_method(name: str, model: Any, bundle_layer: str, logit_layer: str, root: str | None = None) -> SaliencyMethod:
     cls, roles = METHODS[name]
     if not roles:
         return cls(tuple(int(d) for d in model.inputs[0].shape[1:]))
     layers = resolve_layers(model, bundle_layer)
-    return cls(model, tuple(layers[role] for role in roles), logit_layer)
+    return cls(model, tuple(layers[role] for role in roles), logit_layer, root=root)
 
 
 def encode_map(values: np.ndarray) -> str:
@@ -105,15 +112,23 @@ class ExplanationResult:
 class Explainer:
     """Every method over one Keras model, built on first use; layer names are checked at construction."""
 
-    def __init__(self, model: Any, bundle_layer: str, logit_layer: str, default_method: str = DEFAULT_METHOD):
+    def __init__(
+        self,
+        model: Any,
+        bundle_layer: str,
+        logit_layer: str,
+        default_method: str = DEFAULT_METHOD,
+        root: str | None = None,
+    ):
+        """`root`: the layer whose activation the caller passes to `explain` (the bundle's explain_activation)."""
         try:
-            model.get_layer(bundle_layer)
-            model.get_layer(logit_layer)
+            for name in (bundle_layer, logit_layer, *([root] if root else [])):
+                model.get_layer(name)
         except ValueError as exc:
             raise ValueError(f"Grad-CAM layer not found in {model.name}: {exc}") from exc
         resolve_layers(model, bundle_layer)
         self.default_method = default_method
-        self._args = (model, bundle_layer, logit_layer)
+        self._args = (model, bundle_layer, logit_layer, root)
         self._methods: dict[str, SaliencyMethod] = {}
         self._lock = threading.Lock()
 
@@ -127,11 +142,24 @@ class Explainer:
             return self._methods[name]
 
     def explain(
-        self, pixels: np.ndarray, batch: np.ndarray, explained_class: str, method: str | None = None
+        self,
+        pixels: np.ndarray,
+        batch: np.ndarray,
+        explained_class: str,
+        method: str | None = None,
+        activation: np.ndarray | None = None,
     ) -> ExplanationResult:
-        """pixels: the decoded (H, W) uint8 image; batch: its (1, h, w, 3) model input."""
+        """pixels: the decoded (H, W) uint8 image; batch: its (1, h, w, 3) model input; activation: the root
+        layer's (1, h', w', C) activation for that input (model.onnx's explain_activation), or None.
+
+        With the activation, a method that can start from it skips the forward pass up to the root layer (the
+        most expensive part of /explain); the map is the same either way."""
         name = method or self.default_method
         chosen = self.method(name)
-        values = chosen(batch, class_sign(explained_class))[0]
+        sign = class_sign(explained_class)
+        if activation is not None and isinstance(chosen, GradientCam) and chosen.accepts_activation:
+            values = chosen.maps_from_activation(activation, sign)[0][0]
+        else:
+            values = chosen(batch, sign)[0]
         png = encode_png(draw_colour_bar(overlay(pixels, values)))
         return ExplanationResult(png, values, name, chosen.layers, explained_class)

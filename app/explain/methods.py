@@ -68,7 +68,9 @@ class GradientCam(SaliencyMethod):
     and the maps are averaged, then scaled to [0, 1] again, as pytorch-grad-cam aggregates target layers.
     """
 
-    def __init__(self, model: Any, layers: str | tuple[str, ...], logit_layer: str):
+    def __init__(self, model: Any, layers: str | tuple[str, ...], logit_layer: str, root: str | None = None):
+        """`root`: a layer at or before every one of `layers` whose activation the caller can supply (model.onnx
+        outputs it); `maps_from_activation` then runs only the part of the model after it."""
         import keras
         import tensorflow as tf
 
@@ -86,12 +88,7 @@ class GradientCam(SaliencyMethod):
         grad_model = keras.Model(model.inputs, [*outputs, logit], name=f"{model.name}_{self.name}")
         layer_map = self.layer_map
 
-        def step(images, signs):
-            with tf.GradientTape() as tape:
-                *activations, logits = grad_model(images, training=False)
-                logits = tf.reshape(logits, (-1,))
-                score = tf.reduce_sum(signs * logits)
-            gradients = tape.gradient(score, activations)
+        def fuse(activations, gradients):  # per layer (N, h, w, C) -> (N, H, W) in [0, 1]
             maps = []
             for acts, grads in zip(activations, gradients, strict=True):
                 cam = tf.nn.relu(layer_map(acts, grads))  # (N, h, w)
@@ -99,13 +96,59 @@ class GradientCam(SaliencyMethod):
                 maps.append(tf.image.resize(cam[..., None], (height, width), method="bilinear")[..., 0])
             fused = tf.add_n(maps) / len(maps)
             fused = tf.math.divide_no_nan(fused, tf.reduce_max(fused, axis=(1, 2), keepdims=True))
-            return tf.clip_by_value(fused, 0.0, 1.0), logits
+            return tf.clip_by_value(fused, 0.0, 1.0)
+
+        def step(images, signs):
+            with tf.GradientTape() as tape:
+                *activations, logits = grad_model(images, training=False)
+                logits = tf.reshape(logits, (-1,))
+                score = tf.reduce_sum(signs * logits)
+            return fuse(activations, tape.gradient(score, activations)), logits
 
         signature = (
             tf.TensorSpec((None, *self.input_shape), tf.float32, name="images"),
             tf.TensorSpec((None,), tf.float32, name="signs"),
         )
         self._step = tf.function(step, input_signature=signature, reduce_retracing=True)
+        self.root = root
+        self.root_shape: tuple[int, ...] | None = None
+        self._tail_step = None
+        tail = self._tail_model(model, root, logit) if root is not None else None
+        if tail is not None:
+            later = [name for name in self.layers if name != root]
+
+            def tail_step(root_activation, signs):
+                with tf.GradientTape() as tape:
+                    tape.watch(root_activation)
+                    # a list, or one tensor when the logit is the tail's only output
+                    *after, logits = tf.nest.flatten(tail(root_activation, training=False))
+                    logits = tf.reshape(logits, (-1,))
+                    score = tf.reduce_sum(signs * logits)
+                by_name = dict(zip(later, after, strict=True))
+                activations = [root_activation if name == root else by_name[name] for name in self.layers]
+                return fuse(activations, tape.gradient(score, activations)), logits
+
+            self.root_shape = tuple(int(d) for d in tail.inputs[0].shape[1:])
+            tail_signature = (
+                tf.TensorSpec((None, *self.root_shape), tf.float32, name="activation"),
+                tf.TensorSpec((None,), tf.float32, name="signs"),
+            )
+            self._tail_step = tf.function(tail_step, input_signature=tail_signature, reduce_retracing=True)
+
+    def _tail_model(self, model: Any, root: str, logit: Any) -> Any | None:
+        """model.keras from `root`'s activation to the method's layers and the logit; None where that is not a
+        self-contained part of the graph (a skip connection from before `root`, or a layer before it)."""
+        import keras
+
+        try:
+            later = [model.get_layer(name).output for name in self.layers if name != root]
+            return keras.Model(model.get_layer(root).output, [*later, logit], name=f"{model.name}_{self.name}_tail")
+        except ValueError:  # Keras: "Graph disconnected", or a layer not downstream of root
+            return None
+
+    @property
+    def accepts_activation(self) -> bool:
+        return self._tail_step is not None
 
     @staticmethod
     def layer_map(activations, gradients):
@@ -123,6 +166,17 @@ class GradientCam(SaliencyMethod):
 
     def __call__(self, batch: np.ndarray, signs: Any = PNEUMONIA_SIGN) -> np.ndarray:
         return self.maps_and_logits(batch, signs)[0]
+
+    def maps_from_activation(
+        self, activation: np.ndarray, signs: Any = PNEUMONIA_SIGN
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """As `maps_and_logits`, from the root layer's activation (N, h, w, C) instead of the image: the same
+        maps, without the forward pass up to the root."""
+        if self._tail_step is None:
+            raise ValueError(f"{self.name} cannot start from an activation (no self-contained model after it)")
+        activation = _check_batch(activation, self.root_shape or ())
+        maps, logits = self._tail_step(activation, _signs(signs, len(activation)))
+        return np.asarray(maps, dtype=np.float32), np.asarray(logits, dtype=np.float64)
 
 
 class GradCAM(GradientCam):
@@ -187,9 +241,15 @@ class SmoothGradCAM(GradCAM):
     name = "smoothgrad_gradcam"
 
     def __init__(
-        self, model: Any, layers: str | tuple[str, ...], logit_layer: str, samples: int = 8, sigma: float = 0.1
+        self,
+        model: Any,
+        layers: str | tuple[str, ...],
+        logit_layer: str,
+        root: str | None = None,
+        samples: int = 8,
+        sigma: float = 0.1,
     ):
-        super().__init__(model, layers, logit_layer)
+        super().__init__(model, layers, logit_layer)  # no root: the noise goes on the image, not on an activation
         self.samples, self.sigma = samples, sigma
 
     def __call__(self, batch: np.ndarray, signs: Any = PNEUMONIA_SIGN) -> np.ndarray:

@@ -14,7 +14,9 @@ between images, and say nothing about lesions.
 
 from __future__ import annotations
 
-import io
+import struct
+import zlib
+from functools import lru_cache
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -63,9 +65,9 @@ def overlay(gray: np.ndarray, heatmap: np.ndarray, alpha: float = 0.4) -> np.nda
         raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
     height, width = gray.shape
     resized = Image.fromarray(heatmap.astype(np.float32)).resize((width, height), Image.Resampling.BILINEAR)
-    colours = colorize(np.clip(np.asarray(resized, dtype=np.float32), 0.0, 1.0)).astype(np.float32)
-    base = np.repeat(gray[:, :, None], 3, axis=2).astype(np.float32)
-    return np.round((1.0 - alpha) * base + alpha * colours).clip(0, 255).astype(np.uint8)
+    colours = Image.fromarray(colorize(np.clip(np.asarray(resized, dtype=np.float32), 0.0, 1.0)))
+    # Pillow's blend, (1 - alpha) * image + alpha * colours in C: a third of the time of the numpy float version
+    return np.asarray(Image.blend(Image.fromarray(gray).convert("RGB"), colours, alpha))
 
 
 def draw_colour_bar(rgb: np.ndarray) -> np.ndarray:
@@ -88,7 +90,7 @@ def draw_colour_bar(rgb: np.ndarray) -> np.ndarray:
     if height >= 128 and width >= 128:
         image = Image.fromarray(rgb)
         draw = ImageDraw.Draw(image)
-        font = ImageFont.load_default(size=max(10, height // 40))
+        font = _label_font(max(10, height // 40))
         for text, y in (("1", top), ("0", top + bar_h)):
             box = draw.textbbox((0, 0), text, font=font, anchor="rm")
             x = left - 3
@@ -98,12 +100,34 @@ def draw_colour_bar(rgb: np.ndarray) -> np.ndarray:
     return rgb
 
 
+@lru_cache(maxsize=16)
+def _label_font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    return ImageFont.load_default(size=size)  # loading it was a third of draw_colour_bar's time
+
+
 def encode_png(rgb: np.ndarray) -> bytes:
+    """(H, W, 3) uint8 -> an 8-bit RGB PNG: every row with the "Up" filter (its difference from the row above),
+    deflated at zlib level 1.
+
+    Written here rather than with Pillow because Pillow tries all five PNG filters on every row and cannot be
+    told not to; for a smooth overlay "Up" compresses as well (63 vs 62 KB on a 224 px sample) at half the
+    time (1.5 vs 3.0 ms), and encoding was the largest cost of /explain after the map itself.
+    """
     rgb = np.asarray(rgb)
-    if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+    if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.size == 0:
         raise ValueError(f"expected (H, W, 3) uint8 RGB, got {rgb.dtype} {rgb.shape}")
-    buffer = io.BytesIO()
-    # zlib level 1, not Pillow's default 6: encoding the overlay was the largest single cost of /explain
-    # (more than the Grad-CAM pass itself; py-spy, bench/). Level 1 is ~5x faster for a PNG ~10-30% larger.
-    Image.fromarray(rgb).save(buffer, format="PNG", compress_level=1)
-    return buffer.getvalue()
+    height, width = rgb.shape[:2]
+    rows = rgb.reshape(height, width * 3)
+    filtered = np.empty((height, width * 3 + 1), np.uint8)  # each row: filter type byte, then the bytes
+    filtered[:, 0] = 2  # "Up"
+    filtered[0, 1:] = rows[0]  # the row above the first is zeros
+    np.subtract(rows[1:], rows[:-1], out=filtered[1:, 1:])  # modulo 256, as the PNG spec defines it
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8 bits, truecolour, deflate, no interlace
+    return b"".join(
+        (b"\x89PNG\r\n\x1a\n", _chunk(b"IHDR", header), _chunk(b"IDAT", zlib.compress(filtered.tobytes(), 1)),
+         _chunk(b"IEND", b""))
+    )  # fmt: skip
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))

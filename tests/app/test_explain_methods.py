@@ -221,3 +221,50 @@ def test_encode_png_round_trips():
     rgb = np.random.default_rng(1).integers(0, 256, (20, 30, 3), dtype=np.uint8)
     decoded = np.asarray(Image.open(io.BytesIO(encode_png(rgb))))
     assert np.array_equal(decoded, rgb)
+
+
+# --- starting from model.onnx's activation (bundle explain_activation) -------------------------------------
+@pytest.mark.parametrize("cls", [GradCAM, HiResCAM, LayerCAM])
+def test_a_map_from_the_root_activation_is_the_map_from_the_image(positive_model, cls):
+    import keras
+
+    image = np.random.default_rng(3).uniform(0, 1, (2, 16, 16, 3)).astype(np.float32)
+    full = cls(positive_model, ("feat", "late"), "logit")
+    tail = cls(positive_model, ("feat", "late"), "logit", root="feat")
+    assert tail.accepts_activation and not full.accepts_activation
+    activation = np.asarray(keras.Model(positive_model.input, positive_model.get_layer("feat").output)(image))
+    for sign in (1.0, -1.0):
+        maps, logits = tail.maps_from_activation(activation, sign)
+        expected, expected_logits = full.maps_and_logits(image, sign)
+        np.testing.assert_allclose(maps, expected, atol=1e-6)
+        np.testing.assert_allclose(logits, expected_logits, rtol=1e-6)
+
+
+def test_no_start_from_an_activation_that_a_skip_connection_jumps():
+    """A layer is a valid root only if everything after it depends on it alone; else the image path is used."""
+    import keras
+
+    inputs = keras.Input((16, 16, 3))
+    first = keras.layers.Conv2D(2, 3, padding="same", activation="relu", name="first")(inputs)
+    mid = keras.layers.Conv2D(2, 3, padding="same", activation="relu", name="mid")(first)
+    joined = keras.layers.Add(name="skip")([mid, first])
+    pooled = keras.layers.GlobalAveragePooling2D()(joined)
+    model = keras.Model(inputs, keras.layers.Dense(1, name="logit")(pooled))
+    method = GradCAM(model, "skip", "logit", root="mid")
+    assert not method.accepts_activation
+    with pytest.raises(ValueError, match="cannot start from an activation"):
+        method.maps_from_activation(np.zeros((1, 16, 16, 2), np.float32))
+    assert method(np.ones((1, 16, 16, 3), np.float32)).shape == (1, 16, 16)  # the image path still works
+
+
+@pytest.mark.parametrize("name", METHOD_NAMES)
+def test_served_maps_are_the_same_from_the_onnx_activation(loaded_service, name):
+    """/explain feeds model.onnx's explain_activation to model.keras's later layers: same map as from the image."""
+    gray = probe_image()
+    batch = to_model_input(gray, loaded_service.metadata.input_size)[None]
+    _, _, activation = loaded_service.classifier.run_with_activation(batch)
+    assert activation is not None and loaded_service.metadata.explain_activation is not None
+    for explained_class in ("PNEUMONIA", "NORMAL"):
+        from_image = loaded_service.gradcam.explain(gray, batch, explained_class, name)
+        from_activation = loaded_service.gradcam.explain(gray, batch, explained_class, name, activation=activation)
+        np.testing.assert_allclose(from_activation.values, from_image.values, atol=1e-4)

@@ -66,7 +66,8 @@ def test_every_image_gets_a_row_bad_ones_their_error_code(archive, tmp_path, tin
         row = rows[relative]
         assert row["error_code"] == "" and row["error_message"] == ""
         # the service's own decode, input check and model: what /predict?input_check=warn gives the same bytes
-        _, _, expected, check = loaded_service.assess(decode_image((archive / relative).read_bytes()), "warn")
+        assessed = loaded_service.assess(decode_image((archive / relative).read_bytes()), "warn")
+        expected, check = assessed.probability, assessed.check
         assert float(row["probability"]) == pytest.approx(expected, abs=1e-5)
         assert row["label"] == ("PNEUMONIA" if float(row["probability"]) >= point.threshold else "NORMAL")
         assert row["operating_point"] == point.name and float(row["threshold"]) == point.threshold  # lossless

@@ -130,3 +130,43 @@ def test_tensorflow_thread_settings_reach_a_fresh_service_process(tiny_bundle):
     result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert json.loads(result.stdout.strip().splitlines()[-1]) == [True, 1, 2]
+
+
+def _rewrite_metadata(bundle, **changes):
+    from app.bundle import write_metadata
+
+    write_metadata(bundle, read_metadata(bundle).model_copy(update=changes))
+
+
+def test_a_bundle_without_explain_activation_explains_from_the_image(bundle_copy, loaded_service):
+    """Bundles exported before model.onnx gained the explain_activation output still explain, the slower way."""
+    _rewrite_metadata(bundle_copy, explain_activation=None)
+    service = load_service(Settings(model_dir=bundle_copy))
+    assert service.classifier.activation_name is None
+    result = asyncio.run(_explain_bytes(service))
+    expected = asyncio.run(_explain_bytes(loaded_service))  # the same image through the activation path
+    assert result.explanation is not None and expected.explanation is not None
+    np.testing.assert_allclose(result.explanation.values, expected.explanation.values, atol=1e-4)
+
+
+def test_explain_activation_naming_another_layer_fails_the_self_test(bundle_copy, loaded_service):
+    from app.explain import layer_at_stride
+
+    metadata = read_metadata(bundle_copy)
+    wrong = layer_at_stride(loaded_service.gradcam._args[0], 16)  # a real layer, but not the one model.onnx outputs
+    _rewrite_metadata(bundle_copy, explain_activation=metadata.explain_activation.model_copy(update={"layer": wrong}))
+    with pytest.raises(BundleError, match="explain_activation"):
+        load_service(Settings(model_dir=bundle_copy))
+
+
+async def _explain_bytes(service):
+    import io
+
+    from PIL import Image
+
+    from app.explain import ExplainRequest
+    from app.service import probe_image
+
+    buffer = io.BytesIO()
+    Image.fromarray(probe_image()).save(buffer, format="PNG")
+    return await service.analyse(buffer.getvalue(), explain=ExplainRequest(), policy="off")

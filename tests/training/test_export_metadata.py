@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from app.bundle import FileChecksums, SplitMetrics
+from app.bundle import ExplainActivation, FileChecksums, SplitMetrics
 from training import export, layout
 from training.cli import main
 from training.errors import TrainingError
@@ -21,7 +21,9 @@ def _build(run: export.RunModel):
         run,
         default_point=run.evaluation["default_operating_point"],
         validation=SplitMetrics.model_validate(run.evaluation["validation"]),
-        conversion=export.Conversion("image", "probability", 1e-6, 1e-3),
+        conversion=export.Conversion(
+            "image", "probability", 1e-6, 1e-3, ExplainActivation(layer="block_6_expand_relu")
+        ),
         checksums=FileChecksums(onnx_sha256="0" * 64, keras_sha256="1" * 64),
         created_at=datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC),
     )
