@@ -173,6 +173,12 @@ class ModelCard(BaseModel):
     intended_use: str
     limitations: list[str]
     explain_available: bool
+    explanations: dict | None = Field(
+        default=None,
+        description="default_method (what /explain serves without ?method=), methods (each with the layers of "
+        "model.keras it reads), baselines, starts_from_layer (the layer whose activation model.onnx gives /explain; "
+        "null: maps run from the image); None when explanations are unavailable",
+    )
     input_check: dict | None = Field(
         description="The fitted input check (method, threshold, validation acceptance); None: unavailable"
     )
@@ -183,7 +189,9 @@ class ModelCard(BaseModel):
     disclaimer: str = RESEARCH_DISCLAIMER
 
     @classmethod
-    def from_metadata(cls, metadata: BundleMetadata, explain_available: bool) -> ModelCard:
+    def from_metadata(
+        cls, metadata: BundleMetadata, explain_available: bool, explanations: dict | None = None
+    ) -> ModelCard:
         return cls(
             name=metadata.name,
             version=metadata.version,
@@ -200,6 +208,7 @@ class ModelCard(BaseModel):
             intended_use=metadata.intended_use,
             limitations=metadata.limitations,
             explain_available=explain_available,
+            explanations=explanations,
             input_check=metadata.input_check.model_dump(mode="json") if metadata.input_check else None,
             adaptation=metadata.adaptation.model_dump(mode="json") if metadata.adaptation else None,
             checksums=metadata.checksums.model_dump(mode="json"),

@@ -132,6 +132,18 @@ class Explainer:
         self._methods: dict[str, SaliencyMethod] = {}
         self._lock = threading.Lock()
 
+    def describe(self) -> dict[str, Any]:
+        """What GET /model says of the explanations: the default, every method with the layers it reads, and
+        the layer /explain starts from (None: every map runs model.keras from the image)."""
+        model, bundle_layer, _, root = self._args
+        layers = resolve_layers(model, bundle_layer)
+        return {
+            "default_method": self.default_method,
+            "methods": {name: [layers[role] for role in roles] for name, (_, roles) in METHODS.items()},
+            "baselines": list(BASELINES),
+            "starts_from_layer": root,
+        }
+
     def method(self, name: str | None = None) -> SaliencyMethod:
         name = name or self.default_method
         if name not in METHODS:

@@ -60,6 +60,7 @@ def test_every_method_can_be_asked_for(client, sample_jpeg, model_size, method):
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["method"] == body["map"]["method"] == method
+    assert body["map"]["layers"] == client.get("/model").json()["explanations"]["methods"][method]
     values = decoded_map(body)
     assert values.shape == model_size and values.min() >= 0.0 and values.max() <= 1.0
 
@@ -90,3 +91,14 @@ def test_png_format_carries_method_class_and_warnings_in_headers(client, sample_
     assert image.headers["x-method"] == "layercam" and image.headers["x-explained-class"] == predicted["label"]
     assert len(image.headers["x-map-layers"].split(",")) == 3
     assert json.loads(image.headers["x-warnings"]) == predicted["warnings"]
+
+
+def test_the_model_card_names_the_served_explanations(client, tiny_bundle):
+    from app.bundle import read_metadata
+
+    explanations = client.get("/model").json()["explanations"]
+    assert explanations["default_method"] == DEFAULT_METHOD
+    assert set(explanations["methods"]) == set(METHOD_NAMES) and explanations["baselines"]
+    # /explain starts from the activation model.onnx gives it, which the bundle names
+    assert explanations["starts_from_layer"] == read_metadata(tiny_bundle).explain_activation.layer
+    assert explanations["methods"][DEFAULT_METHOD] == [explanations["starts_from_layer"]]
