@@ -217,10 +217,21 @@ def test_jet_lut_runs_blue_to_red():
     assert JET[0, 2] > JET[0, 0] and JET[255, 0] > JET[255, 2]
 
 
-def test_encode_png_round_trips():
-    rgb = np.random.default_rng(1).integers(0, 256, (20, 30, 3), dtype=np.uint8)
-    decoded = np.asarray(Image.open(io.BytesIO(encode_png(rgb))))
-    assert np.array_equal(decoded, rgb)
+@pytest.mark.parametrize("shape", [(20, 30, 3), (1, 1, 3), (1, 40, 3), (40, 1, 3)])
+def test_encode_png_round_trips(shape):
+    rgb = np.random.default_rng(1).integers(0, 256, shape, dtype=np.uint8)
+    png = encode_png(rgb)
+    Image.open(io.BytesIO(png)).verify()  # chunk CRCs and structure
+    decoded = Image.open(io.BytesIO(png))
+    assert decoded.format == "PNG" and decoded.mode == "RGB" and np.array_equal(np.asarray(decoded), rgb)
+
+
+@pytest.mark.parametrize(
+    "bad", [np.zeros((4, 4), np.uint8), np.zeros((4, 4, 3), np.float32), np.zeros((0, 4, 3), np.uint8)]
+)
+def test_encode_png_refuses_what_is_not_rgb_uint8(bad):
+    with pytest.raises(ValueError):
+        encode_png(bad)
 
 
 # --- starting from model.onnx's activation (bundle explain_activation) -------------------------------------
