@@ -126,23 +126,19 @@ class Explainer:
                 model.get_layer(name)
         except ValueError as exc:
             raise ValueError(f"Grad-CAM layer not found in {model.name}: {exc}") from exc
-        resolve_layers(model, bundle_layer)
-        self.default_method = default_method
-        self._args = (model, bundle_layer, logit_layer, root)
-        self._methods: dict[str, SaliencyMethod] = {}
-        self._lock = threading.Lock()
-
-    def describe(self) -> dict[str, Any]:
-        """What GET /model says of the explanations: the default, every method with the layers it reads, and
-        the layer /explain starts from (None: every map runs model.keras from the image)."""
-        model, bundle_layer, _, root = self._args
         layers = resolve_layers(model, bundle_layer)
-        return {
-            "default_method": self.default_method,
+        self.default_method = default_method
+        # What GET /model says of the explanations (fixed for the model, so built once): the default, every
+        # method with the layers it reads, and the layer /explain starts from (None: maps run from the image).
+        self.description: dict[str, Any] = {
+            "default_method": default_method,
             "methods": {name: [layers[role] for role in roles] for name, (_, roles) in METHODS.items()},
             "baselines": list(BASELINES),
             "starts_from_layer": root,
         }
+        self._args = (model, bundle_layer, logit_layer, root)
+        self._methods: dict[str, SaliencyMethod] = {}
+        self._lock = threading.Lock()
 
     def method(self, name: str | None = None) -> SaliencyMethod:
         name = name or self.default_method

@@ -17,6 +17,12 @@ from training.adapt import images_digest
 from training.cli import main
 
 
+def adapt(bundle: Path, images: Path, out: Path, *, min_images: int | None = None) -> int:
+    """`python -m training adapt ...`, in process; returns its exit code."""
+    flags = [] if min_images is None else ["--min-images", str(min_images)]
+    return main(["adapt", "--bundle", str(bundle), "--images", str(images), "--out", str(out), *flags])
+
+
 @pytest.fixture(scope="module")
 def site(tmp_path_factory, tiny_dataset) -> Path:
     """A 'new site': the tiny dataset's images at lower contrast, in nested folders, plus two bad files."""
@@ -37,31 +43,13 @@ def site(tmp_path_factory, tiny_dataset) -> Path:
 @pytest.fixture(scope="module")
 def adapted(tmp_path_factory, tiny_bundle, site) -> Path:
     out = tmp_path_factory.mktemp("adapted") / "site-a"
-    assert (
-        main(["adapt", "--bundle", str(tiny_bundle), "--images", str(site), "--out", str(out), "--min-images", "10"])
-        == 0
-    )
+    assert adapt(tiny_bundle, site, out, min_images=10) == 0
     return out
 
 
 def test_source_bundle_is_never_touched(tiny_bundle, site, tmp_path):
     before = {p.name: sha256_file(p) for p in tiny_bundle.iterdir() if p.is_file()}
-    assert (
-        main(
-            [
-                "adapt",
-                "--bundle",
-                str(tiny_bundle),
-                "--images",
-                str(site),
-                "--out",
-                str(tmp_path / "x"),
-                "--min-images",
-                "10",
-            ]
-        )
-        == 0
-    )
+    assert adapt(tiny_bundle, site, tmp_path / "x", min_images=10) == 0
     assert {p.name: sha256_file(p) for p in tiny_bundle.iterdir() if p.is_file()} == before
 
 
@@ -104,10 +92,7 @@ def test_the_service_serves_it_and_says_it_is_adapted(adapted):
 
 def test_too_few_images_is_refused_with_nothing_written(tiny_bundle, site, tmp_path, capsys):
     out = tmp_path / "site-b"
-    assert (
-        main(["adapt", "--bundle", str(tiny_bundle), "--images", str(site), "--out", str(out), "--min-images", "1000"])
-        == 2
-    )
+    assert adapt(tiny_bundle, site, out, min_images=1000) == 2
     assert "fewer than --min-images 1000" in capsys.readouterr().err
     assert not out.exists() and not out.with_name("site-b.partial").exists()
 
@@ -117,22 +102,7 @@ def test_a_folder_of_non_images_is_refused(tiny_bundle, tmp_path, capsys):
     folder.mkdir()
     (folder / "a.png").write_bytes(b"not a png")
     (folder / "b.jpg").write_bytes(b"")
-    assert (
-        main(
-            [
-                "adapt",
-                "--bundle",
-                str(tiny_bundle),
-                "--images",
-                str(folder),
-                "--out",
-                str(tmp_path / "o"),
-                "--min-images",
-                "1",
-            ]
-        )
-        == 2
-    )
+    assert adapt(tiny_bundle, folder, tmp_path / "o", min_images=1) == 2
     assert "0 usable chest X-rays" in capsys.readouterr().err
 
 
@@ -141,15 +111,10 @@ def test_an_invalid_bundle_is_refused(tiny_bundle, site, tmp_path, capsys):
     metadata = json.loads((broken / METADATA_FILENAME).read_text())
     metadata["checksums"]["onnx_sha256"] = "0" * 64
     (broken / METADATA_FILENAME).write_text(json.dumps(metadata))
-    assert (
-        main(
-            ["adapt", "--bundle", str(broken), "--images", str(site), "--out", str(tmp_path / "o"), "--min-images", "1"]
-        )
-        == 2
-    )
+    assert adapt(broken, site, tmp_path / "o", min_images=1) == 2
     assert "invalid source bundle" in capsys.readouterr().err and not (tmp_path / "o").exists()
 
 
 def test_out_must_differ_from_the_source(tiny_bundle, site, capsys):
-    assert main(["adapt", "--bundle", str(tiny_bundle), "--images", str(site), "--out", str(tiny_bundle)]) == 2
+    assert adapt(tiny_bundle, site, tiny_bundle) == 2
     assert "never modified" in capsys.readouterr().err
