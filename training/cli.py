@@ -53,7 +53,8 @@ TRAIN_FLAGS: tuple[tuple[str, Callable[[str], Any], str], ...] = (
     ("epochs", int, "most epochs per backbone (early stopping on validation ROC-AUC may stop sooner)"),
     ("batch_size", int, "images per training step"),
     ("weights", str, "imagenet | none (from scratch) | PATH to a local backbone weights file"),
-    ("seed", int, "seed of the split, the initialisation and the augmentation"),
+    ("seed", int, "seed of the initialisation and the augmentation, and of the split unless --split-seed is given"),
+    ("split_seed", int, "seed of the patient split alone: hold the split fixed while --seed varies"),
     ("budget_minutes", float, "equal wall-clock training budget per backbone"),
 )
 

@@ -28,6 +28,9 @@ class TrainConfig(BaseModel):
     batch_size: int = Field(16, ge=1)
     weights: str = Field("none", description="'imagenet', 'none' or a path to a local backbone weights file")
     seed: int = 42
+    split_seed: int | None = Field(
+        None, ge=0, description="Seed of the patient split when it must differ from `seed` (None: `seed`)"
+    )
     val_fraction: float = Field(0.15, gt=0.0, lt=1.0)
     learning_rate: float = Field(1e-3, gt=0.0)
     fine_tune_learning_rate: float = Field(1e-5, gt=0.0)
@@ -71,6 +74,11 @@ class TrainConfig(BaseModel):
         if not Path(value).is_file():
             raise ValueError(f"weights file {value} does not exist (use 'imagenet', 'none' or a file path)")
         return str(Path(value).resolve())
+
+    @property
+    def patient_split_seed(self) -> int:
+        """The split's seed: held fixed by `split_seed` while `seed` varies the initialisation and augmentation."""
+        return self.seed if self.split_seed is None else self.split_seed
 
 
 def load_config(path: Path | None, overrides: dict) -> TrainConfig:

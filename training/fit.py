@@ -27,7 +27,7 @@ from training.layout import (
 log = logging.getLogger(__name__)
 
 
-def augmentation(config: TrainConfig, seed: int) -> keras.Sequential:
+def augmentation(config: TrainConfig, seed: int) -> keras.Sequential | None:
     """Geometric and intensity augmentation as Keras preprocessing layers, applied in the tf.data pipeline.
 
     Kept out of the exported model on purpose: the served graph then holds only what inference needs.
@@ -35,6 +35,8 @@ def augmentation(config: TrainConfig, seed: int) -> keras.Sequential:
     machines differ mostly in exposure and processing, which is what validation alone would not show.
     """
     strength = config.augment_strength
+    if strength == 0:  # the no-augmentation ablation arm: several Keras layers refuse a zero factor
+        return None
     steps: list[keras.layers.Layer] = [
         keras.layers.RandomRotation(0.03 * strength, fill_mode="constant", seed=seed),
         keras.layers.RandomZoom((-0.15 * strength, 0.1 * strength), fill_mode="constant", seed=seed + 1),

@@ -20,7 +20,7 @@ def _counts(samples: list[Sample]) -> dict[str, int]:
 
 def new_split(data_dir: Path, config: TrainConfig) -> DatasetSplits:
     """Scan the dataset and carve the split; raises before anything is written when the data cannot be used."""
-    return load_splits(data_dir, val_fraction=config.val_fraction, seed=config.seed)
+    return load_splits(data_dir, val_fraction=config.val_fraction, seed=config.patient_split_seed)
 
 
 def record_split(data_dir: Path, run_dir: Path, config: TrainConfig, splits: DatasetSplits, card: Path | None) -> None:
@@ -32,7 +32,7 @@ def record_split(data_dir: Path, run_dir: Path, config: TrainConfig, splits: Dat
         "data_dir": str(Path(data_dir).resolve()),
         "provenance": provenance.record(Path(data_dir), card),
         "split_method": splits.split_method,
-        "split_seed": config.seed,
+        "split_seed": config.patient_split_seed,
         "counts": {name: _counts(samples) for name, samples in subsets.items()},
         "patients": patients,
     }
