@@ -26,7 +26,7 @@ WORKDIR /build
 # (~60 MB, used by TensorFlow's build tooling only). TensorFlow itself stays: Grad-CAM for /explain.
 # constraints.txt pins every dependency to the versions the tests ran with (uv pip compile; see README).
 COPY pyproject.toml constraints.txt ./
-COPY app/__init__.py app/__init__.py
+COPY pneumonia/__init__.py pneumonia/__init__.py
 RUN touch README.md \
  && pip install --no-cache-dir -c constraints.txt . \
  && pip uninstall -y pneumonia-screening libclang \
@@ -43,6 +43,7 @@ RUN groupadd --gid 10001 app \
  && useradd --uid 10001 --gid app --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin app
 COPY --from=builder /opt/venv /opt/venv
 WORKDIR /srv
+COPY pneumonia/ /srv/pneumonia/
 COPY app/ /srv/app/
 COPY models/ /srv/models/
 ENV PATH=/opt/venv/bin:$PATH \

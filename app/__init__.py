@@ -1,3 +1,1 @@
-"""Pneumonia-screening research service. Research use only; not a medical device."""
-
-__version__ = "0.1.0"
+"""The HTTP service over the `pneumonia` library. Research use only; not a medical device."""

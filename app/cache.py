@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from app.imaging import DecodedImage
+from pneumonia.imaging import DecodedImage
 
 
 @dataclass(frozen=True)

@@ -6,11 +6,11 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from app.bundle import PARITY_TOLERANCE
-from app.imaging import DEFAULT_MAX_PIXELS
+from pneumonia.bundle import PARITY_TOLERANCE
+from pneumonia.imaging import DEFAULT_MAX_PIXELS
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MiB = 1024 * 1024
@@ -51,6 +51,39 @@ class Settings(BaseSettings):
     )
     self_test_tolerance: float = Field(default=PARITY_TOLERANCE, gt=0)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    # Access, rate limits and the audit trail (docs/security.md). An empty value means unset.
+    api_keys_file: Path | None = Field(
+        default=None,
+        description="Lines KEY_ID:SHA256_HEX (python -m app.keys new KEY_ID); re-read when it changes. Set: "
+        "/predict, /explain, /model, /model/card and /metrics need 'Authorization: Bearer TOKEN'.",
+    )
+    allow_anonymous: bool = Field(
+        default=False,
+        description="Without keys the service serves loopback only and refuses to start on another address; "
+        "true serves anyone who can reach it, on purpose.",
+    )
+    rate_limit: str | None = Field(
+        default=None,
+        description="Requests per key (per client address without keys), e.g. 120/minute; shared through "
+        "Redis when PNEUMONIA_CACHE_URL is set. Unset: no limit.",
+    )
+    audit_log: Path | None = Field(
+        default=None, description="Append one JSON line per scoring request to this file (schema: docs/security.md)."
+    )
+
+    @field_validator("api_keys_file", "audit_log", "rate_limit", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _valid_rate(cls, value: str | None) -> str | None:
+        if value is not None:
+            from app.ratelimit import parse_rate
+
+            parse_rate(value)  # ValueError -> a settings validation error naming the variable
+        return value
 
 
 @lru_cache

@@ -19,15 +19,17 @@ from anyio import to_thread
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app import __version__
+from app import security
+from app.api.audit import AuditMiddleware
 from app.api.errors import install_error_handlers
 from app.api.main import api_router
 from app.api.routes.pages import mount_static
 from app.api.uploads import UploadLimitMiddleware
-from app.bundle import RESEARCH_DISCLAIMER, BundleError
 from app.config import Settings, get_settings
 from app.metrics import Metrics
 from app.service import load_service
+from pneumonia import __version__
+from pneumonia.bundle import RESEARCH_DISCLAIMER, BundleError
 
 log = logging.getLogger("app")
 access_log = logging.getLogger("app.access")
@@ -65,6 +67,7 @@ class RequestContextMiddleware:
             return
         incoming = dict(scope.get("headers", ())).get(REQUEST_ID_HEADER.lower().encode(), b"").decode("latin-1")
         request_id = incoming if _SAFE_REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id  # for the audit trail (app/api/audit.py)
         started = time.perf_counter()
         status = 500
 
@@ -100,6 +103,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        try:  # keys, the rule for a service without keys, the audit log: before the slow model load
+            security.start(app, settings)
+        except security.STARTUP_ERRORS as exc:
+            log.critical("refusing to start: %s", exc)
+            raise
         log.info("loading model bundle from %s", settings.model_dir)
         try:
             service = await to_thread.run_sync(
@@ -118,6 +126,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             app.state.service = None
             await service.cache.close()
+            await security.stop(app)
 
     app = FastAPI(
         title="Pneumonia screening API — RESEARCH USE ONLY",
@@ -131,10 +140,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.service = None
+    security.install(app, settings)  # API keys, rate limit (app/api/auth.py), audit trail (app/api/audit.py)
     install_error_handlers(app)
     app.include_router(api_router)
     mount_static(app)
     app.add_middleware(UploadLimitMiddleware, max_bytes=settings.max_upload_bytes)
+    app.add_middleware(AuditMiddleware)  # inside the request id, outside the upload limit: sees its 413s
     app.add_middleware(RequestContextMiddleware, metrics=metrics)  # outermost: sees every response, 413s too
     return app
 

@@ -6,8 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.bundle import RESEARCH_DISCLAIMER, BundleMetadata, OperatingPoint
-from app.explain import COLOUR_SCALE, DEFAULT_METHOD, METHOD_NAMES
+from pneumonia.bundle import RESEARCH_DISCLAIMER, BundleMetadata, OperatingPoint
+from pneumonia.explain import COLOUR_SCALE, DEFAULT_METHOD, METHOD_NAMES
 
 _EXAMPLE_MODEL: dict[str, Any] = {
     "name": "mobilenetv2-192",

@@ -26,8 +26,8 @@ import numpy as np
 
 from app.cache import CachedPrediction, PredictionCache
 from app.config import Settings
-from app.exceptions import ServiceError
-from app.imaging import DecodedImage
+from pneumonia.errors import ErrorCode, PneumoniaError
+from pneumonia.imaging import DecodedImage
 
 log = logging.getLogger("app.store")
 
@@ -37,11 +37,10 @@ REDIS_TIMEOUT_S = 2.0
 _HEADER_LENGTH = struct.Struct(">I")
 
 
-class StoreUnavailableError(ServiceError):
+class StoreUnavailableError(PneumoniaError):
     """The shared prediction store cannot be reached."""
 
-    status_code = 503
-    code = "store_unavailable"
+    code = ErrorCode.STORE_UNAVAILABLE
     headers = {"Retry-After": "5"}
 
 

@@ -15,12 +15,12 @@ from datetime import UTC, datetime
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 
-from app.bundle import read_metadata
 from app.config import Settings
 from bench.floor import measure_floor
 from bench.loadgen import Upload, round_trip, run_level
 from bench.report import compute_ratios, evaluate_targets, render_markdown
 from bench.servers import REPO_ROOT, Server, clean_env
+from pneumonia.bundle import read_metadata
 
 SAMPLES = REPO_ROOT / "tests" / "data" / "samples"
 RESULTS = Path(__file__).resolve().parent / "results"

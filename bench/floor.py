@@ -4,7 +4,7 @@
   service uses by default (its intra/inter-op thread settings), so the comparison is like for like. It fetches
   every output /predict fetches: the probability and, for a bundle with an input check (schema 2), the
   statistics outputs of the same run that feed the out-of-distribution score;
-- decode: `app.imaging.decode_image` + `to_model_input` on the sample JPEG bytes (what every request pays).
+- decode: `pneumonia.imaging.decode_image` + `to_model_input` on the sample JPEG bytes (what every request pays).
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from app.bundle import ONNX_FILENAME, BundleMetadata
 from app.config import Settings
-from app.imaging import decode_image, to_model_input
 from bench.stats import summarize_ms
+from pneumonia.bundle import ONNX_FILENAME, BundleMetadata
+from pneumonia.imaging import decode_image, to_model_input
 
 
 def _time_calls(function, iterations: int, warmup: int) -> list[float]:

@@ -19,10 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from app.config import Settings
-from app.imaging import decode_image, to_model_input
-from app.service import load_service
 from bench.ood_corpus import CorpusItem, generated, packaged, transformed_xrays
+from pneumonia.imaging import decode_image, to_model_input
+from pneumonia.model import Model
 
 NON_XRAY = ("photo", "dicom_not_chest", "document", "chart", "noise", "gradient", "blocks")
 ROTATED = ("rotated_90", "rotated_180", "rotated_270")
@@ -45,19 +44,19 @@ def _auroc(negatives: np.ndarray, positives: np.ndarray) -> float:
 
 
 def run(bundle: Path, items: list[CorpusItem]) -> dict:
-    service = load_service(Settings(model_dir=bundle, explain_enabled=False))
+    model = Model.load(bundle, explain=False, onnx_threads=(1, 1))
     rows = []
     for item in items:
         image = decode_image(item.data)
         started = time.perf_counter()
-        assessed = service.assess(image, "warn")
+        assessed = model.assess(image, "warn")
         probability, check = assessed.probability, assessed.check
         rows.append(
             {"kind": item.kind, "name": item.name, "accepted": check.accepted, "score": check.ood_score,
              "rotated_back": check.rotated_back_degrees, "probability": probability, "reasons": check.reasons,
              "seconds": time.perf_counter() - started}
         )  # fmt: skip
-    return {"rows": rows, "threshold": service.checker.threshold}
+    return {"rows": rows, "threshold": model.checker.threshold}
 
 
 def summarise(rows: list[dict], threshold: float | None) -> dict:
@@ -98,17 +97,17 @@ def latency(bundle: Path, data: Path, split: Path, repeats: int = 200) -> dict:
     """p50 of the ONNX run alone vs the whole check + ONNX run, on one validation X-ray (ms)."""
     from training.data import read_split
 
-    service = load_service(Settings(model_dir=bundle, explain_enabled=False))
+    model = Model.load(bundle, explain=False, onnx_threads=(1, 1))
     path = read_split(split, data)["val"][0].path
     image = decode_image(path.read_bytes())
     timings: dict[str, list[float]] = {"resize_and_onnx": [], "check_and_onnx": []}
     for _ in range(repeats):
         started = time.perf_counter()  # the request path before the check: resize, then the probability alone
-        batch = to_model_input(image, service.metadata.input_size)[None]
-        service.classifier.session.run([service.classifier.output_name], {service.classifier.input_name: batch})
+        batch = to_model_input(image, model.metadata.input_size)[None]
+        model.classifier.session.run([model.classifier.output_name], {model.classifier.input_name: batch})
         timings["resize_and_onnx"].append(time.perf_counter() - started)
         started = time.perf_counter()
-        service.assess(image, "refuse")
+        model.assess(image, "refuse")
         timings["check_and_onnx"].append(time.perf_counter() - started)
     return {k: round(1000 * float(np.median(v)), 3) for k, v in timings.items()}
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import nbformat
 from nbclient import NotebookClient
 
-from app.bundle import RESEARCH_DISCLAIMER
+from pneumonia.bundle import RESEARCH_DISCLAIMER
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "walkthrough.ipynb"
 CELL_TIMEOUT_S = 300  # about a minute in all on an idle machine; generous for a loaded CI runner

@@ -7,10 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from app.bundle import RESEARCH_DISCLAIMER, read_metadata
 from app.config import Settings
-from app.imaging import decode_image
 from app.service import load_service
+from pneumonia.bundle import RESEARCH_DISCLAIMER, read_metadata
 from training.config import load_config
 
 REPO = Path(__file__).resolve().parent.parent
@@ -42,9 +41,8 @@ def test_shipped_bundle_regression_pin_on_the_committed_samples(shipped_service,
     threshold = shipped_service.metadata.operating_point().threshold
     for label, paths in sample_images.items():
         for path in paths:
-            probability = shipped_service.predict_image(decode_image(path.read_bytes()))
-            predicted = "PNEUMONIA" if probability >= threshold else "NORMAL"
-            assert predicted == label, f"{path.name}: p={probability:.3f}, threshold {threshold:.3f}"
+            prediction = shipped_service.model.predict(path)
+            assert prediction.label == label, f"{path.name}: p={prediction.probability:.3f}, threshold {threshold:.3f}"
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])

@@ -1,3 +1,1 @@
 """Offline training package: fine-tune chest X-ray classifiers, compare them, export a model bundle."""
-
-__version__ = "0.1.0"

@@ -3,7 +3,7 @@
 Re-estimates every BatchNorm layer's moving mean and variance on the new site's images (Li et al. 2016,
 "Revisiting batch normalization for practical domain adaptation"): the network's weights, the calibration and
 the operating points stay as they were chosen on the unadapted validation split; only the normalisation of
-each layer's activations follows the new site. Images are read by the service's own path (`app.imaging`) and
+each layer's activations follows the new site. Images are read by the service's own path (`pneumonia.imaging`) and
 must pass the source bundle's input check (turned back upright when it says so). The source bundle is never
 touched; the new one is written staged and parity-checked like an export, and records how it was made.
 
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from app.bundle import (
+from pneumonia.bundle import (
     KERAS_FILENAME,
     ONNX_FILENAME,
     Adaptation,
@@ -33,13 +33,13 @@ from app.bundle import (
     utc_now,
     verify_file,
 )
-from app.imaging import ImageInputError, decode_image, to_model_input
-from app.input_check import load_checker
+from pneumonia.imaging import ImageInputError, decode_image, to_model_input
+from pneumonia.imaging import find_images as find_relative_images
+from pneumonia.input_check import load_checker
 from training.errors import TrainingError
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".dcm", ".dicom"}
 # Fewest images accepted by default. On the simulated sites (results/adaptation/README.md) 25 images already
 # moved specificity most of the way; below that the BatchNorm estimates of the deepest layers are noisy.
 DEFAULT_MIN_IMAGES = 50
@@ -59,16 +59,8 @@ class SiteImages:
 
 
 def find_images(folder: Path) -> list[Path]:
-    """Every file under `folder` that looks like an image: by suffix, or DICOM's magic for suffix-less files."""
-    found = []
-    for path in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
-        if path.suffix.lower() in IMAGE_SUFFIXES:
-            found.append(path)
-        elif not path.suffix:
-            with path.open("rb") as handle:
-                if handle.read(132)[128:132] == b"DICM":
-                    found.append(path)
-    return found
+    """Every image file under `folder` (pneumonia.imaging's suffixes, or DICOM's magic for suffix-less files)."""
+    return [Path(folder) / relative for relative in find_relative_images(Path(folder))]
 
 
 def read_site_images(bundle_dir: Path, metadata: BundleMetadata, folder: Path) -> SiteImages:

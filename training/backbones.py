@@ -44,7 +44,7 @@ def _torch_normalisation() -> layers.Layer:
 
 def _caffe() -> layers.Layer:
     # keras.applications.resnet50.preprocess_input flips RGB->BGR and subtracts the BGR ImageNet means.
-    # `app.imaging` always feeds grayscale replicated to three equal channels, for which the flip is a
+    # `pneumonia.imaging` always feeds grayscale replicated to three equal channels, for which the flip is a
     # no-op, so subtracting the means in BGR order is exactly equivalent and needs no custom layer.
     return layers.Rescaling(scale=1.0, offset=[-103.939, -116.779, -123.68], name="preprocess_caffe")
 

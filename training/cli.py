@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from app.bundle import PARITY_TOLERANCE
+from pneumonia.bundle import PARITY_TOLERANCE
 from training import layout
 from training.config import BACKBONE_NAMES, TrainConfig, load_config
 from training.errors import TrainingError

@@ -1,4 +1,4 @@
-"""Dataset scanning, the patient-level validation split, decoding through `app.imaging`, and tf.data input.
+"""Dataset scanning, the patient-level validation split, decoding through `pneumonia.imaging`, and tf.data input.
 
 Layout expected (class folders case-insensitive):
     DATA/train/{NORMAL,PNEUMONIA}/*   required
@@ -19,14 +19,13 @@ from pathlib import Path
 
 import numpy as np
 
-from app.bundle import CLASS_NAMES
-from app.imaging import ImageInputError, load_model_input
+from pneumonia.bundle import CLASS_NAMES
+from pneumonia.imaging import IMAGE_SUFFIXES, ImageInputError, load_model_input
 from training.config import TrainConfig
 from training.errors import TrainingError
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png", ".dcm", ".dicom"}
 MIN_VAL_IMAGES = 100  # Kaggle's own val/ has 16 images: too few to choose a threshold on
 
 _PATIENT_PATTERNS = (

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from app.bundle import LogitCalibration
+from pneumonia.bundle import LogitCalibration
 from training import report
 from training.data import DecodedSet, decode_subset, find_split_dir, scan_split
 from training.fit import predict_probabilities

@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from app import __version__
-from app.bundle import (
+from pneumonia import __version__
+from pneumonia.bundle import (
     EXPLAIN_ACTIVATION_OUTPUT,
     KERAS_FILENAME,
     MODEL_CARD_FILENAME,
@@ -37,7 +37,7 @@ from app.bundle import (
     utc_now,
     write_metadata,
 )
-from app.input_check import INPUT_CHECK_FILENAME, STATISTICS_OUTPUT_PREFIX
+from pneumonia.input_check import INPUT_CHECK_FILENAME, STATISTICS_OUTPUT_PREFIX
 from training import layout, ood, provenance
 from training.backbones import BACKBONES, LOGIT_LAYER
 from training.config import TrainConfig
@@ -125,11 +125,11 @@ def bake_calibration(model, calibration: LogitCalibration):
 
 def served_model(model) -> tuple[Any, ExplainActivation]:
     """What model.onnx computes, all in one run: P(pneumonia) (first output), the input check's statistics
-    (stats_i) and the activation explanations start from (explain_activation, see app.explain)."""
+    (stats_i) and the activation explanations start from (explain_activation, see pneumonia.explain)."""
     import keras
     from keras import layers
 
-    from app.explain import activation_layer
+    from pneumonia.explain import activation_layer
 
     with_statistics = ood.with_statistics(model, ood.statistic_layers(model))
     root = activation_layer(model)
@@ -367,7 +367,7 @@ def add_input_check(
     """
     import keras
 
-    from app.bundle import read_metadata
+    from pneumonia.bundle import read_metadata
     from training.data import read_split
 
     metadata = read_metadata(bundle_dir)

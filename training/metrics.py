@@ -17,7 +17,7 @@ from sklearn.metrics import (
     roc_curve,
 )
 
-from app.bundle import Estimate, OperatingPoint, SplitMetrics
+from pneumonia.bundle import Estimate, OperatingPoint, SplitMetrics
 
 TARGET_SENSITIVITY = 0.95
 _EPS = 1e-7

@@ -1,4 +1,4 @@
-"""Fit the service's input check (app/input_check.py) on a model's training X-rays; threshold it on validation.
+"""Fit the service's input check (pneumonia/input_check.py) on a model's training X-rays; threshold it on validation.
 
 - The ONNX graph gains one extra output per depth: per-channel [E[x], E[x^2]] of the last layer at each of
   the four deepest spatial scales, built from stock layers (pooling, multiply, concatenate), so the service
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from app.input_check import (
+from pneumonia.input_check import (
     STATISTICS_OUTPUT_PREFIX,
     DepthDetector,
     InputCheckModel,

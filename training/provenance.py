@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from training.data import IMAGE_SUFFIXES
+from pneumonia.imaging import IMAGE_SUFFIXES
 from training.errors import TrainingError
 
 CARD_NAMES = ("README.md", "README.txt", "README")

@@ -181,7 +181,7 @@ def cam_grid(images, y, p, threshold: float, explain, out_path: Path, title: str
     """Saliency overlays of validation true/false positives/negatives at `threshold`, the most confident of
     each kind. `explain(images, signs) -> (N, H, W)` maps in [0, 1]; each map explains the PREDICTED class
     (sign +1: PNEUMONIA, the logit's gradient; -1: NORMAL, the negative logit's)."""
-    from app.explain import overlay
+    from pneumonia.explain import overlay
 
     predicted = p >= threshold
     groups = {
@@ -213,7 +213,7 @@ def gradcam_grid(model_dir: Path, val, evaluation: dict, out_path: Path, per_gro
     """Grad-CAM (the backbone's last conv block) over validation, each map for the predicted class."""
     import keras
 
-    from app.explain import GradCAM
+    from pneumonia.explain import GradCAM
     from training.backbones import BACKBONES, LOGIT_LAYER
 
     model = keras.models.load_model(model_dir / BEST_CHECKPOINT, compile=False)

@@ -22,8 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from app.bundle import BundleMetadata, read_metadata
-from app.config import Settings
+from pneumonia.bundle import ONNX_FILENAME, BundleMetadata, read_metadata
 from training import layout
 from training.data import DatasetError, decode_samples, read_split
 from training.metrics import calibrate
@@ -42,9 +41,9 @@ CLEAN = "clean"
 
 def bundle_predictor(bundle_dir: Path, metadata: BundleMetadata):
     """P(pneumonia) from the bundle's ONNX graph (the service's classifier), in batches."""
-    from app.inference import OnnxClassifier
+    from pneumonia.inference import OnnxClassifier
 
-    classifier = OnnxClassifier(bundle_dir / "model.onnx", metadata, Settings(model_dir=bundle_dir))
+    classifier = OnnxClassifier(bundle_dir / ONNX_FILENAME, metadata)
 
     def predict(images: np.ndarray) -> np.ndarray:
         return np.concatenate([classifier.predict(images[i : i + BATCH]) for i in range(0, len(images), BATCH)])

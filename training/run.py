@@ -6,7 +6,7 @@ import logging
 import shutil
 from pathlib import Path
 
-from app.bundle import CLASS_NAMES
+from pneumonia.bundle import CLASS_NAMES
 from training import layout, provenance
 from training.config import TrainConfig
 from training.data import DatasetSplits, DecodedSet, Sample, decode_subset, load_splits, write_split

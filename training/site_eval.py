@@ -55,7 +55,7 @@ def scores(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, float]:
 def evaluate_sites(bundle: Path, data: Path, split: Path, seed: int = 0) -> dict:
     import keras
 
-    from app.bundle import read_metadata
+    from pneumonia.bundle import read_metadata
     from training.data import decode_samples, read_split
 
     metadata = read_metadata(bundle)

@@ -81,7 +81,7 @@ PERTURBATIONS: dict[str, Perturbation] = {
 def perturb(images: np.ndarray, perturbation: Perturbation, seed: int = 0) -> np.ndarray:
     """(N, H, W, 3) model inputs (gray replicated) -> perturbed copies of the same shape and dtype."""
     rng = np.random.default_rng(seed)
-    gray = images[..., 0].astype(np.uint8)  # channels are identical: app.imaging replicates grayscale
+    gray = images[..., 0].astype(np.uint8)  # channels are identical: pneumonia.imaging replicates grayscale
     out = np.stack([perturbation(g, rng) for g in gray])
     return np.repeat(out[..., None], 3, axis=3).astype(images.dtype)
 

@@ -7,16 +7,17 @@ loop's busy time went to `run_in_threadpool` for these; bench/).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Annotated, Literal
 
 from fastapi import Depends, Query, Request
 
 from app.api.errors import ApiError
 from app.config import Settings
-from app.input_check import Policy
 from app.metrics import Metrics
 from app.service import ModelService
+from pneumonia.errors import ErrorCode
+from pneumonia.input_check import POLICIES, Policy
+from pneumonia.labels import Decision, resolve_decision
 
 
 async def get_app_settings(request: Request) -> Settings:
@@ -30,19 +31,13 @@ async def get_metrics(request: Request) -> Metrics:
 async def get_service(request: Request) -> ModelService:
     service = getattr(request.app.state, "service", None)
     if service is None:
-        raise ApiError(503, "not_ready", "The model is still loading; retry shortly.", {"Retry-After": "1"})
+        raise ApiError(ErrorCode.NOT_READY, "The model is still loading; retry shortly.", {"Retry-After": "1"})
     return service
 
 
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 ServiceDep = Annotated[ModelService, Depends(get_service)]
-
-
-@dataclass(frozen=True)
-class Decision:
-    threshold: float
-    operating_point: str
 
 
 async def get_decision(
@@ -54,20 +49,7 @@ async def get_decision(
         float | None, Query(ge=0.0, le=1.0, description="Custom decision threshold; excludes operating_point")
     ] = None,
 ) -> Decision:
-    metadata = service.metadata
-    if operating_point is not None and threshold is not None:
-        raise ApiError(422, "invalid_request", "Give either operating_point or threshold, not both.")
-    if threshold is not None:
-        return Decision(threshold=threshold, operating_point="custom")
-    names = [p.name for p in metadata.operating_points]
-    if operating_point is not None and operating_point not in names:
-        raise ApiError(
-            422,
-            "unknown_operating_point",
-            f"Unknown operating_point {operating_point!r}; valid names: {', '.join(names)}.",
-        )
-    point = metadata.operating_point(operating_point)
-    return Decision(threshold=point.threshold, operating_point=point.name)
+    return resolve_decision(service.metadata, operating_point, threshold)
 
 
 DecisionDep = Annotated[Decision, Depends(get_decision)]
@@ -76,7 +58,7 @@ DecisionDep = Annotated[Decision, Depends(get_decision)]
 async def get_input_check_policy(
     settings: SettingsDep,
     input_check: Annotated[
-        Literal["refuse", "warn", "off"] | None,
+        Literal[POLICIES] | None,  # type: ignore[valid-type]
         Query(
             description="Input check policy for this request (default: PNEUMONIA_INPUT_CHECK, normally refuse): "
             "refuse answers 422 not_a_chest_xray for an image that is not a frontal chest X-ray; warn answers "

@@ -11,19 +11,18 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.bundle import RESEARCH_DISCLAIMER
-from app.exceptions import ServiceError
-from app.service import NotAChestXrayError
+from pneumonia.bundle import RESEARCH_DISCLAIMER
+from pneumonia.errors import ErrorCode, PneumoniaError
+from pneumonia.model import ImageRefusedError
 
 log = logging.getLogger("app.errors")
 
 
-class ApiError(ServiceError):
-    """A request error raised by the API layer itself, with its status and code given at the raise."""
+class ApiError(PneumoniaError):
+    """A request error raised by the API layer itself, with its code (and so its status) given at the raise."""
 
-    def __init__(self, status_code: int, code: str, message: str, headers: dict[str, str] | None = None):
+    def __init__(self, code: ErrorCode, message: str, headers: dict[str, str] | None = None):
         super().__init__(message)
-        self.status_code = status_code
         self.code = code
         self.headers = headers
 
@@ -31,18 +30,25 @@ class ApiError(ServiceError):
 class UploadTooLargeError(ApiError):
     def __init__(self, limit: int):
         super().__init__(
-            413, "upload_too_large", f"The upload exceeds the limit of {limit:,} bytes ({limit / 1048576:.1f} MiB)."
+            ErrorCode.UPLOAD_TOO_LARGE,
+            f"The upload exceeds the limit of {limit:,} bytes ({limit / 1048576:.1f} MiB).",
         )
 
 
-def error_body(code: str, message: str, **extra: Any) -> dict[str, Any]:
-    return {"error": {"code": code, "message": message, **extra}, "disclaimer": RESEARCH_DISCLAIMER}
+def error_body(code: ErrorCode, message: str, **extra: Any) -> dict[str, Any]:
+    return {"error": {"code": code.value, "message": message, **extra}, "disclaimer": RESEARCH_DISCLAIMER}
 
 
 def error_response(
-    status_code: int, code: str, message: str, headers: dict[str, str] | None = None, **extra: Any
+    code: ErrorCode,
+    message: str,
+    headers: dict[str, str] | None = None,
+    *,
+    status_code: int | None = None,
+    **extra: Any,
 ) -> JSONResponse:
-    return JSONResponse(error_body(code, message, **extra), status_code=status_code, headers=headers)
+    """The envelope for `code`; `status_code` overrides the code's own status only for HTTP errors passed through."""
+    return JSONResponse(error_body(code, message, **extra), status_code=status_code or code.status, headers=headers)
 
 
 ERROR_SCHEMA = {
@@ -60,12 +66,14 @@ ERROR_SCHEMA = {
 
 def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     descriptions = {
-        400: "Bad request (empty file, two files, malformed multipart body)",
+        400: "Bad request (empty file, two files, malformed multipart body, a credential in the query string)",
+        401: "No API key, or one that is not accepted: send 'Authorization: Bearer TOKEN' (code unauthorized)",
         404: "Unknown or expired prediction id",
         413: "Upload or image too large",
         415: "Neither multipart/form-data nor a raw image/jpeg, image/png or application/dicom body, or not a "
         "JPEG/PNG/DICOM image",
         422: "Invalid parameters or an unusable image",
+        429: "Past the rate limit for this key or address (code rate_limited); retry after Retry-After seconds",
         503: "Model not ready, explanations unavailable, the shared prediction store unreachable, or the service "
         "is busy (see Retry-After)",
     }
@@ -83,25 +91,27 @@ def _validation_message(exc: RequestValidationError) -> str:
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(NotAChestXrayError)
-    async def _not_a_chest_xray(request: Request, exc: NotAChestXrayError) -> JSONResponse:
+    @app.exception_handler(ImageRefusedError)
+    async def _refused(request: Request, exc: ImageRefusedError) -> JSONResponse:
         body = error_body(exc.code, exc.message, reasons=exc.check.reasons)
         return JSONResponse({**body, "input_check": asdict(exc.check)}, status_code=exc.status_code)
 
-    @app.exception_handler(ServiceError)
-    async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
-        return error_response(exc.status_code, exc.code, exc.message, exc.headers)
+    @app.exception_handler(PneumoniaError)
+    async def _service_error(request: Request, exc: PneumoniaError) -> JSONResponse:
+        return error_response(exc.code, exc.message, exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return error_response(422, "invalid_request", _validation_message(exc))
+        return error_response(ErrorCode.INVALID_REQUEST, _validation_message(exc))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return error_response(exc.status_code, code, str(exc.detail), getattr(exc, "headers", None))
+        code = {404: ErrorCode.NOT_FOUND, 405: ErrorCode.METHOD_NOT_ALLOWED}.get(
+            exc.status_code, ErrorCode.INVALID_REQUEST
+        )
+        return error_response(code, str(exc.detail), getattr(exc, "headers", None), status_code=exc.status_code)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.error("unhandled %s on %s %s", type(exc).__name__, request.method, request.url.path, exc_info=exc)
-        return error_response(500, "internal_error", "An unexpected error occurred; it has been logged.")
+        return error_response(ErrorCode.INTERNAL_ERROR, "An unexpected error occurred; it has been logged.")

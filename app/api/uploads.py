@@ -19,7 +19,9 @@ from fastapi import Request
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.api.audit import note_upload
 from app.api.errors import ApiError, UploadTooLargeError, error_body
+from pneumonia.errors import ErrorCode
 
 if TYPE_CHECKING:
     from python_multipart.multipart import MultipartCallbacks
@@ -168,22 +170,25 @@ async def read_upload(request: Request) -> bytes:
     """Return the uploaded file's bytes (raw body or multipart field `file`), or raise an `ApiError`."""
     content_type, options = parse_options_header(request.headers.get("content-type", ""))
     if content_type in _RAW_MEDIA_TYPES:
-        return await request.body()  # an empty body is refused by decode_image, as an empty multipart file is
+        data = await request.body()  # an empty body is refused by decode_image, as an empty multipart file is
+        note_upload(request, data)  # its SHA-256 and size for the audit trail, when one is kept
+        return data
     if content_type != b"multipart/form-data":
         raise ApiError(
-            415,
-            "unsupported_media_type",
+            ErrorCode.UNSUPPORTED_MEDIA_TYPE,
             "Send the image as multipart/form-data with a field named 'file' (e.g. curl -F file=@xray.jpg ...), "
             f"or as the request body with Content-Type {', '.join(RAW_MEDIA_TYPES)} "
             "(e.g. curl --data-binary @xray.jpg -H 'Content-Type: image/jpeg' ...).",
         )
-    return await _read_multipart(request, options)
+    data = await _read_multipart(request, options)
+    note_upload(request, data)
+    return data
 
 
 async def _read_multipart(request: Request, options: dict[bytes, bytes]) -> bytes:
     boundary = options.get(b"boundary")
     if not boundary:
-        raise ApiError(400, "malformed_multipart", "The multipart/form-data Content-Type has no boundary.")
+        raise ApiError(ErrorCode.MALFORMED_MULTIPART, "The multipart/form-data Content-Type has no boundary.")
     collector = _FilePartCollector()
     parser = MultipartParser(boundary, collector.callbacks())
     try:
@@ -195,15 +200,15 @@ async def _read_multipart(request: Request, options: dict[bytes, bytes]) -> byte
         raise
     except Exception as exc:  # python-multipart raises MultipartParseError and friends
         raise ApiError(
-            400, "malformed_multipart", f"The multipart body could not be parsed ({type(exc).__name__})."
+            ErrorCode.MALFORMED_MULTIPART, f"The multipart body could not be parsed ({type(exc).__name__})."
         ) from exc
     if len(collector.files) > 1:
         raise ApiError(
-            400, "too_many_files", f"Send exactly one file in the field '{FILE_FIELD}'; got {len(collector.files)}."
+            ErrorCode.TOO_MANY_FILES, f"Send exactly one file in the field '{FILE_FIELD}'; got {len(collector.files)}."
         )
     if not collector.files:
         got = (
             f" (got fields: {', '.join(repr(n) for n in collector.other_fields[:5])})" if collector.other_fields else ""
         )
-        raise ApiError(422, "missing_file", f"The multipart form has no field named '{FILE_FIELD}'{got}.")
+        raise ApiError(ErrorCode.MISSING_FILE, f"The multipart form has no field named '{FILE_FIELD}'{got}.")
     return bytes(collector.files[0])

@@ -1,7 +1,8 @@
 // The page at `/`: upload an X-ray, show the input check's verdict, the model's output and its saliency overlay.
 // Plain JavaScript, no build step, no third-party code. It talks only to this service (same origin) and
 // stores nothing in the browser: the uploaded file lives in memory and in an object URL that is revoked
-// when the next file is chosen.
+// when the next file is chosen. When the service needs an API key (HTTP 401), the page asks for one in a small
+// form and keeps it in memory only, for as long as the tab is open.
 "use strict";
 
 (() => {
@@ -16,6 +17,10 @@
     central_blob: "Central-blob baseline", random: "Random baseline",
   };
   const state = { model: null, result: null, objectUrl: null };
+  // The API key, once the service asked for one: in this closure only, never in localStorage,
+  // sessionStorage, a cookie or a URL, so closing or reloading the page forgets it.
+  let apiKey = null;
+  let keyWanted = null; // the open question: every request that met a 401 waits for the same answer
 
   class ApiProblem extends Error {
     constructor(status, body, retryAfter) {
@@ -36,21 +41,81 @@
 
   const fmt = (x, digits = 3) => (typeof x === "number" && Number.isFinite(x) ? x.toFixed(digits) : "n/a");
 
-  async function request(url, options) {
-    let response;
-    try {
-      response = await fetch(url, { cache: "no-store", ...options });
-    } catch (err) {
-      throw new ApiProblem(0, { error: { code: "network", message: "The service could not be reached." } });
+  const withKey = (headers) => (apiKey ? { ...headers, Authorization: `Bearer ${apiKey}` } : { ...headers });
+
+  async function request(url, options = {}) {
+    for (;;) {
+      const sentKey = apiKey;
+      let response;
+      try {
+        response = await fetch(url, { cache: "no-store", ...options, headers: withKey(options.headers || {}) });
+      } catch (err) {
+        throw new ApiProblem(0, { error: { code: "network", message: "The service could not be reached." } });
+      }
+      let body = null;
+      try {
+        body = await response.json();
+      } catch (err) {
+        body = null;
+      }
+      if (response.status === 401 && (!body || !body.error || body.error.code === "unauthorized")) {
+        // Ask (again, if the key sent was refused), unless another request already got a newer key.
+        if (apiKey === sentKey) apiKey = await askForKey(Boolean(sentKey));
+        continue; // the same request with the key (a FormData body can be sent again)
+      }
+      if (!response.ok) throw new ApiProblem(response.status, body, response.headers.get("Retry-After"));
+      return body;
     }
-    let body = null;
+  }
+
+  // ---- the API key -------------------------------------------------------------------------------------
+
+  // An in-page form rather than window.prompt: labelled, keyboard-friendly, and the key is masked.
+  function askForKey(refused) {
+    if (keyWanted) return keyWanted;
+    keyWanted = new Promise((resolve) => {
+      const form = $("auth-form");
+      const input = $("auth-token");
+      const say = (text) => {
+        $("auth-error").textContent = text;
+        $("auth-error").hidden = !text;
+      };
+      say(refused ? "That key was not accepted: check it, or ask the service's operator for a new one." : "");
+      input.value = "";
+      $("auth").hidden = false;
+      input.focus();
+      const submit = (event) => {
+        event.preventDefault();
+        const key = input.value.trim();
+        if (!key) return say("Paste the API key first.");
+        // HTTP headers carry visible ASCII only; keys made by `python -m app.keys` are letters, digits, - and _.
+        if (!/^[\x21-\x7e]+$/.test(key)) return say("An API key has only letters, digits and punctuation, no spaces or accents.");
+        form.removeEventListener("submit", submit);
+        input.value = "";
+        say("");
+        $("auth").hidden = true;
+        keyWanted = null;
+        resolve(key);
+      };
+      form.addEventListener("submit", submit);
+    });
+    return keyWanted;
+  }
+
+  // The model card links need the key too: with one in use, fetch with it and show the answer as text.
+  async function openWithKey(event) {
+    if (!apiKey) return; // no key in use: an ordinary link
+    event.preventDefault();
+    const link = event.currentTarget;
+    const shown = window.open("", "_blank"); // opened now, while the click still counts as the user's
     try {
-      body = await response.json();
+      const response = await fetch(link.href, { cache: "no-store", headers: withKey({}) });
+      const url = URL.createObjectURL(new Blob([await response.text()], { type: "text/plain;charset=utf-8" }));
+      if (shown) shown.location.href = url;
+      setTimeout(() => URL.revokeObjectURL(url), 60_000);
     } catch (err) {
-      body = null;
+      if (shown) shown.close();
     }
-    if (!response.ok) throw new ApiProblem(response.status, body, response.headers.get("Retry-After"));
-    return body;
   }
 
   // ---- model summary and operating points -------------------------------------------------------------
@@ -429,6 +494,7 @@
     window.addEventListener("dragover", (event) => event.preventDefault());
     window.addEventListener("drop", (event) => event.preventDefault());
     $("operating-point").addEventListener("change", relabel);
+    for (const id of ["model-json-link", "model-card-link"]) $(id).addEventListener("click", openWithKey);
     $("opacity").addEventListener("input", () => setOpacity(Number($("opacity").value)));
     loadModel();
   }

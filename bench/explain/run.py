@@ -4,7 +4,7 @@
 
 A fixed sample of validation images (the patient split recorded in results/final192/split.csv: true
 positives, false negatives, true negatives and false positives at the bundle's default operating point),
-every method of app.explain on each, then deletion/insertion (MoRF/LeRF) curves in logit space under
+every method of pneumonia.explain on each, then deletion/insertion (MoRF/LeRF) curves in logit space under
 three replacement schemes, the model-randomisation check (Adebayo et al. 2018) and time per image. Writes
 explanations.json and explanations.md; the default method is chosen by the rule in `choose_default`.
 """
@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from app.bundle import KERAS_FILENAME, read_metadata
-from app.explain import BASELINES, DEFAULT_METHOD, METHOD_NAMES, build_method
 from bench.explain.metrics import SCHEMES, area, bootstrap_mean, curves, spearman
+from pneumonia.bundle import KERAS_FILENAME, read_metadata
+from pneumonia.explain import BASELINES, DEFAULT_METHOD, METHOD_NAMES, build_method
 
 log = logging.getLogger("bench.explain")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from pathlib import Path
 
@@ -31,15 +32,11 @@ def make_app(loaded_service: ModelService, tiny_bundle: Path) -> Callable[..., o
         settings = Settings(model_dir=tiny_bundle, **overrides)
         app = create_app(settings)
         if loaded:
-            app.state.service = ModelService(
-                settings,
-                loaded_service.metadata,
-                loaded_service.classifier,
-                loaded_service.gradcam if settings.explain_enabled else None,
-                explain_unavailable_reason=None if settings.explain_enabled else "Explanations are disabled.",
-                observe_inference=app.state.metrics.observe_inference,
-                on_reject=app.state.metrics.rejected.inc,
-            )
+            model = copy.copy(loaded_service.model)  # the same sessions, this app's metrics and explain setting
+            model.observe = app.state.metrics.observe_inference
+            if not settings.explain_enabled:
+                model.explainer, model.explain_unavailable_reason = None, "Explanations are disabled."
+            app.state.service = ModelService(settings, model, on_reject=app.state.metrics.rejected.inc)
         return app
 
     return factory

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app.bundle import RESEARCH_DISCLAIMER
+from pneumonia.bundle import RESEARCH_DISCLAIMER
 
 
 def png_bytes(pixels: np.ndarray) -> bytes:
@@ -217,7 +217,7 @@ def test_busy_service_answers_503_with_retry_after(make_app, sample_jpeg):
 def test_unexpected_errors_become_500_without_internals(make_app, sample_jpeg):
     app = make_app()
 
-    def broken(data, explain):
+    def broken(*args):
         raise RuntimeError("secret internal detail /opt/models")
 
     app.state.service._analyse_sync = broken

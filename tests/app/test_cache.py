@@ -1,7 +1,7 @@
 import numpy as np
 
 from app.cache import PredictionCache, new_prediction_id
-from app.imaging import DecodedImage
+from pneumonia.imaging import DecodedImage
 
 
 class FakeClock:

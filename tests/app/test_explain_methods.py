@@ -1,4 +1,4 @@
-"""app.explain: every saliency method's contract, the class sign, the overlay and its colour bar."""
+"""pneumonia.explain: every saliency method's contract, the class sign, the overlay and its colour bar."""
 
 import base64
 import io
@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app.bundle import PARITY_TOLERANCE
-from app.explain import (
+from pneumonia.bundle import PARITY_TOLERANCE
+from pneumonia.explain import (
     BASELINES,
     JET,
     METHOD_NAMES,
@@ -26,8 +26,8 @@ from app.explain import (
     layer_at_stride,
     overlay,
 )
-from app.imaging import to_model_input
-from app.service import probe_image
+from pneumonia.imaging import to_model_input
+from pneumonia.model import probe_image
 
 
 # --- a hand-built model whose every feature pushes towards PNEUMONIA ----------------------------------------
@@ -116,7 +116,7 @@ def test_random_map_is_seeded_by_the_image():
 @pytest.mark.parametrize("name", METHOD_NAMES)
 @pytest.mark.parametrize("explained_class", ["PNEUMONIA", "NORMAL"])
 def test_every_method_gives_a_map_at_the_model_input_in_0_1(loaded_service, name, explained_class):
-    explainer: Explainer = loaded_service.gradcam
+    explainer: Explainer = loaded_service.model.explainer
     size = loaded_service.metadata.input_size
     gray = probe_image()
     batch = to_model_input(gray, size)[None]
@@ -130,11 +130,11 @@ def test_every_method_gives_a_map_at_the_model_input_in_0_1(loaded_service, name
 
 def test_unknown_method_is_refused(loaded_service):
     with pytest.raises(ValueError, match="unknown explanation method"):
-        loaded_service.gradcam.method("saliency_by_vibes")
+        loaded_service.model.explainer.method("saliency_by_vibes")
 
 
 def test_gradcam_traces_once_per_method(loaded_service):
-    cam = loaded_service.gradcam.method("gradcam")
+    cam = loaded_service.model.explainer.method("gradcam")
     one = to_model_input(probe_image(), loaded_service.metadata.input_size)[None]
     cam(one)
     traces = cam.tracing_count
@@ -146,14 +146,14 @@ def test_gradcam_traces_once_per_method(loaded_service):
 def test_gradcam_logits_match_the_served_probability(loaded_service):
     """The map is built from the logit (pre-sigmoid): sigmoid(logit) must be the served probability."""
     batch = to_model_input(probe_image(), loaded_service.metadata.input_size)[None]
-    _, logits = loaded_service.gradcam.method("gradcam").maps_and_logits(batch)
-    probability = loaded_service.classifier.predict(batch)[0]
+    _, logits = loaded_service.model.explainer.method("gradcam").maps_and_logits(batch)
+    probability = loaded_service.model.classifier.predict(batch)[0]
     assert 1.0 / (1.0 + np.exp(-logits[0])) == pytest.approx(probability, abs=PARITY_TOLERANCE)
 
 
 def test_gradcam_rejects_wrong_input_shape(loaded_service):
     with pytest.raises(ValueError):
-        loaded_service.gradcam.method("gradcam")(np.zeros((1, 7, 7, 3), np.float32))
+        loaded_service.model.explainer.method("gradcam")(np.zeros((1, 7, 7, 3), np.float32))
 
 
 def test_encode_map_is_little_endian_float32_row_major():
@@ -278,10 +278,12 @@ def test_served_maps_are_the_same_from_the_onnx_activation(loaded_service, name)
     """/explain feeds model.onnx's explain_activation to model.keras's later layers: same map as from the image."""
     gray = probe_image()
     batch = to_model_input(gray, loaded_service.metadata.input_size)[None]
-    _, _, activation = loaded_service.classifier.run_with_activation(batch)
+    _, _, activation = loaded_service.model.classifier.run_with_activation(batch)
     assert activation is not None and loaded_service.metadata.explain_activation is not None
-    assert loaded_service.gradcam.method(name).accepts_activation  # so the comparison below takes the tail path
+    assert loaded_service.model.explainer.method(name).accepts_activation  # so the comparison below takes the tail path
     for explained_class in ("PNEUMONIA", "NORMAL"):
-        from_image = loaded_service.gradcam.explain(gray, batch, explained_class, name)
-        from_activation = loaded_service.gradcam.explain(gray, batch, explained_class, name, activation=activation)
+        from_image = loaded_service.model.explainer.explain(gray, batch, explained_class, name)
+        from_activation = loaded_service.model.explainer.explain(
+            gray, batch, explained_class, name, activation=activation
+        )
         np.testing.assert_allclose(from_activation.values, from_image.values, atol=1e-4)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app.imaging import COLOUR_NOTE_THRESHOLD, colour_deviation, decode_image
+from pneumonia.imaging import COLOUR_NOTE_THRESHOLD, colour_deviation, decode_image
 
 
 def reference_deviation(rgb: np.ndarray) -> float:

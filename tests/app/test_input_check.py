@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from app.imaging import DecodedImage
-from app.input_check import (
+from app.service import ModelService
+from pneumonia.imaging import DecodedImage
+from pneumonia.input_check import (
     MAX_ASPECT_RATIO,
     MIN_PIXEL_STD,
     InputChecker,
@@ -16,11 +17,10 @@ from app.input_check import (
     pixel_reasons,
     thumbnails,
 )
-from app.service import ModelService
 
 
 def test_the_fitted_check_round_trips_through_its_file(loaded_service: ModelService, tmp_path):
-    model = loaded_service.checker.model
+    model = loaded_service.model.checker.model
     assert model is not None  # export fitted one for the tiny bundle
     model.save(tmp_path / "check.npz")
     again = InputCheckModel.load(tmp_path / "check.npz")

@@ -10,9 +10,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.api.routes.pages import STATIC_DIR
-from app.bundle import MODEL_CARD_FILENAME
 from app.config import Settings
 from app.main import create_app
+from pneumonia.bundle import MODEL_CARD_FILENAME
 
 VENDOR = STATIC_DIR / "vendor"
 

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app.imaging import decode_image
-from app.score import COLUMNS, main
+from app.score import main
+from pneumonia.batch import COLUMNS
+from pneumonia.imaging import decode_image
 from tests.media import dicom, gray_of, png
 
 GOOD = ("a/normal.jpeg", "b/nested/deeper/pneumonia.png", "c/scan.dcm", "c/extensionless_dicom")
@@ -44,7 +45,12 @@ def archive(tmp_path_factory, sample_images) -> Path:
 
 
 def score(archive: Path, out: Path, bundle: Path, *extra: str) -> dict[str, dict[str, str]]:
-    assert main([str(archive), "--out", str(out), "--model-dir", str(bundle), "--batch-size", "2", *extra]) == 0
+    """Scored under `warn` unless `extra` says otherwise: the tiny bundle's fitted check means nothing
+    (tests/support.py), so only the refusal test relies on the check's verdict."""
+    policy = () if "--input-check" in extra else ("--input-check", "warn")
+    assert (
+        main([str(archive), "--out", str(out), "--model-dir", str(bundle), "--batch-size", "2", *policy, *extra]) == 0
+    )
     return read(out)
 
 
@@ -66,7 +72,7 @@ def test_every_image_gets_a_row_bad_ones_their_error_code(archive, tmp_path, tin
         row = rows[relative]
         assert row["error_code"] == "" and row["error_message"] == ""
         # the service's own decode, input check and model: what /predict?input_check=warn gives the same bytes
-        assessed = loaded_service.assess(decode_image((archive / relative).read_bytes()), "warn")
+        assessed = loaded_service.model.assess(decode_image((archive / relative).read_bytes()), "warn")
         expected, check = assessed.probability, assessed.check
         assert float(row["probability"]) == pytest.approx(expected, abs=1e-5)
         assert row["label"] == ("PNEUMONIA" if float(row["probability"]) >= point.threshold else "NORMAL")
@@ -104,12 +110,32 @@ def test_named_operating_point(archive, tmp_path, tiny_bundle, loaded_service):
                  "--operating-point", "no-such-point"]) == 2  # fmt: skip
 
 
-def test_refuses_a_csv_that_is_not_its_own(archive, tmp_path, tiny_bundle):
+def test_refuses_a_csv_that_is_not_its_own(archive, tmp_path, tiny_bundle, capfd):
     out = tmp_path / "other.csv"
     out.write_text("name,value\nx,1\n")
-    with pytest.raises(SystemExit, match="not a scores CSV"):
-        main([str(archive), "--out", str(out), "--model-dir", str(tiny_bundle)])
+    assert main([str(archive), "--out", str(out), "--model-dir", str(tiny_bundle)]) == 2
+    assert "not a scores CSV" in capfd.readouterr().err
     assert out.read_text() == "name,value\nx,1\n"
+
+
+def test_under_refuse_a_refused_file_gets_its_code_and_no_answer(tmp_path, tiny_bundle, sample_images):
+    """As POST /predict under the default policy: a colour gradient is refused with not_a_chest_xray, so its
+    row has no probability and no label, and --overlays draws nothing for it."""
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    ramp = np.linspace(0, 255, 256, dtype=np.uint8)
+    colour = np.stack(np.broadcast_arrays(ramp[None, :], ramp[:, None], 255 - ramp[None, :]), axis=-1)
+    (folder / "gradient.png").write_bytes(png(Image.fromarray(np.ascontiguousarray(colour))))
+    overlays = tmp_path / "overlays"
+    rows = score(folder, tmp_path / "scores.csv", tiny_bundle, "--input-check", "refuse", "--overlays", str(overlays))
+    row = rows["gradient.png"]
+    assert row["error_code"] == "not_a_chest_xray" and "colour picture" in row["input_check_reasons"]
+    assert row["input_check_accepted"] == "false"
+    assert row["probability"] == row["label"] == row["threshold"] == ""
+    assert not list(overlays.rglob("*.png"))
+    warned = score(folder, tmp_path / "warned.csv", tiny_bundle, "--input-check", "warn")["gradient.png"]
+    assert warned["input_check_accepted"] == "false" and warned["label"] in ("NORMAL", "PNEUMONIA")
+    assert warned["probability"] and warned["error_code"] == ""
 
 
 def test_overlays_one_png_per_decodable_image(archive, tmp_path, tiny_bundle):

@@ -4,10 +4,11 @@ import shutil
 import numpy as np
 import pytest
 
-from app.bundle import KERAS_FILENAME, ONNX_FILENAME, PARITY_TOLERANCE, BundleError, read_metadata
 from app.config import Settings
-from app.inference import OnnxClassifier
-from app.service import ConcurrencyLimiter, ServiceBusyError, load_service, self_test
+from app.service import ConcurrencyLimiter, ServiceBusyError, load_service
+from pneumonia.bundle import KERAS_FILENAME, ONNX_FILENAME, PARITY_TOLERANCE, BundleError, read_metadata
+from pneumonia.inference import OnnxClassifier
+from pneumonia.model import self_test
 
 
 @pytest.fixture
@@ -41,13 +42,13 @@ def test_missing_directory_and_metadata_are_bundle_errors(tmp_path):
 def test_missing_keras_degrades_to_no_explanations(bundle_copy):
     (bundle_copy / KERAS_FILENAME).unlink()
     service = load_service(Settings(model_dir=bundle_copy))
-    assert service.gradcam is None and not service.explain_available
-    assert KERAS_FILENAME in service.explain_unavailable_reason
+    assert service.model.explainer is None and not service.explain_available
+    assert KERAS_FILENAME in service.model.explain_unavailable_reason
 
 
 def test_explain_disabled_skips_grad_cam(bundle_copy):
     service = load_service(Settings(model_dir=bundle_copy, explain_enabled=False))
-    assert service.gradcam is None and "disabled" in service.explain_unavailable_reason
+    assert service.model.explainer is None and "disabled" in service.model.explain_unavailable_reason
 
 
 def test_self_test_fails_when_onnx_and_keras_disagree(loaded_service, tiny_bundle):
@@ -57,16 +58,16 @@ def test_self_test_fails_when_onnx_and_keras_disagree(loaded_service, tiny_bundl
 
     metadata = read_metadata(tiny_bundle)
     other = keras.models.load_model(tiny_bundle / "model.keras", compile=False)
-    self_test(loaded_service.classifier, metadata, other, None, PARITY_TOLERANCE)  # the twin passes
+    self_test(loaded_service.model.classifier, metadata, other, None, PARITY_TOLERANCE)  # the twin passes
     conv = next(layer for layer in other.layers if isinstance(layer, keras.layers.Conv2D))
     kernel, *rest = conv.get_weights()
     conv.set_weights([kernel * 1.5, *rest])
     with pytest.raises(BundleError, match="disagree"):
-        self_test(loaded_service.classifier, metadata, other, None, PARITY_TOLERANCE)
+        self_test(loaded_service.model.classifier, metadata, other, None, PARITY_TOLERANCE)
 
 
 def test_onnx_classifier_predicts_probabilities_for_a_batch(loaded_service):
-    classifier: OnnxClassifier = loaded_service.classifier
+    classifier: OnnxClassifier = loaded_service.model.classifier
     h, w = classifier.input_size
     batch = np.random.default_rng(0).uniform(0, 255, (3, h, w, 3)).astype(np.float32)
     out = classifier.predict(batch)
@@ -133,7 +134,7 @@ def test_tensorflow_thread_settings_reach_a_fresh_service_process(tiny_bundle):
 
 
 def _rewrite_metadata(bundle, **changes):
-    from app.bundle import write_metadata
+    from pneumonia.bundle import write_metadata
 
     write_metadata(bundle, read_metadata(bundle).model_copy(update=changes))
 
@@ -142,18 +143,20 @@ def test_a_bundle_without_explain_activation_explains_from_the_image(bundle_copy
     """Bundles exported before model.onnx gained the explain_activation output still explain, the slower way."""
     _rewrite_metadata(bundle_copy, explain_activation=None)
     service = load_service(Settings(model_dir=bundle_copy))
-    assert service.classifier.activation_name is None
+    assert service.model.classifier.activation_name is None
     result = asyncio.run(_explain_bytes(service))
     expected = asyncio.run(_explain_bytes(loaded_service))  # the same image through the activation path
     assert result.explanation is not None and expected.explanation is not None
-    np.testing.assert_allclose(result.explanation.values, expected.explanation.values, atol=1e-4)
+    np.testing.assert_allclose(result.explanation.map, expected.explanation.map, atol=1e-4)
 
 
 def test_explain_activation_naming_another_layer_fails_the_self_test(bundle_copy, loaded_service):
-    from app.explain import layer_at_stride
+    from pneumonia.explain import layer_at_stride
 
     metadata = read_metadata(bundle_copy)
-    wrong = layer_at_stride(loaded_service.gradcam._args[0], 16)  # a real layer, but not the one model.onnx outputs
+    wrong = layer_at_stride(
+        loaded_service.model.explainer._args[0], 16
+    )  # a real layer, but not the one model.onnx outputs
     _rewrite_metadata(bundle_copy, explain_activation=metadata.explain_activation.model_copy(update={"layer": wrong}))
     with pytest.raises(BundleError, match="explain_activation"):
         load_service(Settings(model_dir=bundle_copy))
@@ -164,9 +167,10 @@ async def _explain_bytes(service):
 
     from PIL import Image
 
-    from app.explain import ExplainRequest
-    from app.service import probe_image
+    from pneumonia.labels import resolve_decision
+    from pneumonia.model import probe_image
 
     buffer = io.BytesIO()
     Image.fromarray(probe_image()).save(buffer, format="PNG")
-    return await service.analyse(buffer.getvalue(), explain=ExplainRequest(), policy="off")
+    decision = resolve_decision(service.metadata)
+    return await service.analyse(buffer.getvalue(), decision, explain=True, policy="off")

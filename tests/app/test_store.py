@@ -11,7 +11,6 @@ import pytest
 from pydantic import ValidationError
 
 from app.config import Settings
-from app.imaging import DecodedImage
 from app.store import (
     KEY_PREFIX,
     MemoryStore,
@@ -21,6 +20,7 @@ from app.store import (
     encode_entry,
     open_store,
 )
+from pneumonia.imaging import DecodedImage
 from tests.support import free_port
 
 

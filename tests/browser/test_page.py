@@ -15,7 +15,7 @@ import pytest
 from PIL import Image, ImageDraw, ImageFont
 
 from app.api.errors import error_body
-from app.bundle import METADATA_FILENAME
+from pneumonia.bundle import METADATA_FILENAME
 from tests.media import dicom, gray_of
 from tests.support import REPO_ROOT
 

@@ -30,7 +30,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.bundle import PARITY_TOLERANCE, RESEARCH_DISCLAIMER
+from pneumonia.bundle import PARITY_TOLERANCE, RESEARCH_DISCLAIMER
 from tests.support import REPO_ROOT, free_port
 
 IMAGE = "pneumonia-service:test"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from app.bundle import RESEARCH_DISCLAIMER
+from pneumonia.bundle import RESEARCH_DISCLAIMER
 from tests.hardening import corpus
 
 ENDPOINTS = ("/predict", "/explain")

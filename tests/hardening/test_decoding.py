@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app.imaging import CorruptImageError, ImageTooLargeError, UnsupportedFormatError, decode_image
+from pneumonia.imaging import CorruptImageError, ImageTooLargeError, UnsupportedFormatError, decode_image
 from tests.hardening import corpus
 
 

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app.bundle import KERAS_FILENAME, METADATA_FILENAME, ONNX_FILENAME, sha256_file
+from pneumonia.bundle import KERAS_FILENAME, METADATA_FILENAME, ONNX_FILENAME, sha256_file
 from tests.support import copy_bundle, launch
 
 EXIT_TIMEOUT_S = 120

@@ -15,10 +15,10 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 from PIL import Image
 
-from app.imaging import ImageInputError, decode_image, to_model_input
+from pneumonia.imaging import ImageInputError, decode_image, to_model_input
 from tests.hardening import corpus
 
-# decoder warnings are silenced by app.imaging, but pytest resets warning filters around each test
+# decoder warnings are silenced by pneumonia.imaging, but pytest resets warning filters around each test
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 MAX_PIXELS = 4_000_000  # small enough that a mutated header cannot make the fuzzer allocate gigabytes
 SIZES = st.tuples(st.integers(1, 96), st.integers(1, 96))

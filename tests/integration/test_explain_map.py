@@ -10,7 +10,7 @@ import httpx
 import numpy as np
 import pytest
 
-from app.explain import DEFAULT_METHOD, METHOD_NAMES
+from pneumonia.explain import DEFAULT_METHOD, METHOD_NAMES
 from tests.support import copy_bundle
 
 
@@ -94,7 +94,7 @@ def test_png_format_carries_method_class_and_warnings_in_headers(client, sample_
 
 
 def test_the_model_card_names_the_served_explanations(client, tiny_bundle):
-    from app.bundle import read_metadata
+    from pneumonia.bundle import read_metadata
 
     explanations = client.get("/model").json()["explanations"]
     assert explanations["default_method"] == DEFAULT_METHOD

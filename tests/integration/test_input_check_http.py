@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from app.bundle import METADATA_FILENAME, RESEARCH_DISCLAIMER
+from pneumonia.bundle import METADATA_FILENAME, RESEARCH_DISCLAIMER
 from tests.media import gray_of, png
 
 SHIPPED = Path(__file__).resolve().parents[2] / "models" / "default"
@@ -180,8 +180,8 @@ def test_a_schema_1_bundle_serves_without_pretending(start_server, tmp_path, xra
 
 
 def test_a_tampered_detector_stops_the_service(tmp_path):
-    from app.bundle import BundleError, read_metadata
-    from app.input_check import load_checker
+    from pneumonia.bundle import BundleError, read_metadata
+    from pneumonia.input_check import load_checker
 
     bundle = shutil.copytree(SHIPPED, tmp_path / "tampered")
     with (bundle / "input_check.npz").open("ab") as handle:

@@ -9,7 +9,7 @@ import pytest
 from conftest import copy_bundle
 from PIL import Image
 
-from app.bundle import RESEARCH_DISCLAIMER
+from pneumonia.bundle import RESEARCH_DISCLAIMER
 from tests.media import dicom, gray_of, png
 
 UPLOAD_LIMIT = 1024 * 1024

@@ -13,8 +13,8 @@ import httpx
 import pytest
 from conftest import copy_bundle
 
-from app.bundle import RESEARCH_DISCLAIMER
 from app.store import REDIS_TIMEOUT_S
+from pneumonia.bundle import RESEARCH_DISCLAIMER
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import subprocess
 import httpx
 from conftest import copy_bundle, launch
 
-from app.bundle import KERAS_FILENAME, ONNX_FILENAME
+from pneumonia.bundle import KERAS_FILENAME, ONNX_FILENAME
 
 
 def test_tampered_onnx_makes_the_server_exit_nonzero_naming_the_checksum(tiny_bundle, tmp_path):

@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from app.bundle import METADATA_FILENAME, read_metadata, sha256_file
 from app.config import Settings
 from app.schemas import ModelCard
 from app.service import load_service
+from pneumonia.bundle import METADATA_FILENAME, read_metadata, sha256_file
 from training.adapt import images_digest
 from training.cli import main
 

@@ -105,23 +105,22 @@ def test_unreadable_images_are_skipped_and_counted(tmp_path):
 
 def test_training_decodes_exactly_as_the_service_does(sample_images, tiny_bundle, monkeypatch):
     """Training's decode against the input the service hands its ONNX session for the same upload."""
-    from app.config import Settings
-    from app.imaging import decode_image
-    from app.service import load_service
+    from pneumonia.imaging import decode_image
+    from pneumonia.model import Model
 
-    service = load_service(Settings(model_dir=tiny_bundle, explain_enabled=False))
+    model = Model.load(tiny_bundle, explain=False)
     served: list[np.ndarray] = []
-    run = service.classifier.run
+    run = model.classifier.run
 
     def recording_run(batch):  # the real classifier, with its input recorded
         served.append(np.array(batch))
         return run(batch)
 
-    monkeypatch.setattr(service.classifier, "run", recording_run)
+    monkeypatch.setattr(model.classifier, "run", recording_run)
     paths = [p for group in sample_images.values() for p in group]
     for path in paths:  # the request path's own sync step (POST /predict runs it in a worker thread)
-        service.assess(decode_image(path.read_bytes()), "off")
-    decoded = decode_samples([Sample(p, 0, p.name) for p in paths], service.metadata.input_size, workers=2)
+        model.assess(decode_image(path.read_bytes()), "off")
+    decoded = decode_samples([Sample(p, 0, p.name) for p in paths], model.metadata.input_size, workers=2)
     assert len(served) == len(paths)
     np.testing.assert_array_equal(decoded.images.astype(np.float32), np.concatenate(served))
 

@@ -11,7 +11,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from app.bundle import (
+from pneumonia.bundle import (
     KERAS_FILENAME,
     MODEL_CARD_FILENAME,
     ONNX_FILENAME,
@@ -20,7 +20,7 @@ from app.bundle import (
     read_metadata,
     verify_file,
 )
-from app.imaging import decode_image, to_model_input
+from pneumonia.imaging import decode_image, to_model_input
 from training import layout, provenance
 from training.cli import main
 from training.config import TrainConfig

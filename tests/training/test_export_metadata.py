@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from app.bundle import ExplainActivation, FileChecksums, SplitMetrics
+from pneumonia.bundle import ExplainActivation, FileChecksums, SplitMetrics
 from training import export, layout
 from training.cli import main
 from training.errors import TrainingError

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from app.bundle import LogitCalibration, read_metadata
+from pneumonia.bundle import LogitCalibration, read_metadata
 from training import research
 from training.metrics import calibrate
 from training.stress import PERTURBATIONS

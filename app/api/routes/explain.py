@@ -9,17 +9,17 @@ from fastapi import APIRouter, Path, Query, Request, Response
 from app.api.deps import DecisionDep, PolicyDep, ServiceDep
 from app.api.errors import ApiError, error_responses
 from app.api.uploads import UPLOAD_REQUEST_BODY, read_upload
-from app.bundle import RESEARCH_DISCLAIMER
-from app.explain import (
-    COLOUR_SCALE,
-    DEFAULT_METHOD,
-    METHOD_NAMES,
-    ExplainRequest,
-    encode_map,
-)
 from app.presenter import prediction_fields
 from app.schemas import Explanation, ExplanationMap
 from app.service import Analysis, ModelService
+from pneumonia.bundle import RESEARCH_DISCLAIMER
+from pneumonia.errors import ErrorCode
+from pneumonia.explain import (
+    COLOUR_SCALE,
+    DEFAULT_METHOD,
+    METHOD_NAMES,
+    encode_map,
+)
 
 router = APIRouter(tags=["explain"])
 
@@ -43,41 +43,41 @@ PNG_RESPONSE: dict[int | str, dict[str, Any]] = {
 }
 
 
-def _respond(service: ModelService, analysis: Analysis, decision, fmt: str) -> Explanation | Response:
-    fields = prediction_fields(service, analysis, decision.threshold, decision.operating_point)
-    result = analysis.explanation
+def _respond(service: ModelService, analysis: Analysis, fmt: str) -> Explanation | Response:
+    fields = prediction_fields(service, analysis)
+    prediction, result = analysis.prediction, analysis.explanation
     if result is None:  # the service always explains when asked; a None here is a programming error
         raise RuntimeError("analysis without an explanation")
     if fmt == "png":
         return Response(
-            content=result.png,
+            content=result.overlay_png,
             media_type="image/png",
             headers={
                 "X-Disclaimer": RESEARCH_DISCLAIMER,
-                "X-Probability": f"{analysis.probability:.6f}",
+                "X-Probability": f"{prediction.probability:.6f}",
                 "X-Label": fields["label"],
-                "X-Threshold": f"{decision.threshold:g}",
+                "X-Threshold": f"{prediction.threshold:g}",
                 "X-Prediction-Id": analysis.prediction_id,
                 "X-Method": result.method,
                 "X-Explained-Class": result.explained_class,
                 "X-Map-Layers": ",".join(result.layers),
                 "X-Warnings": json.dumps(fields["warnings"]),  # ASCII: json escapes anything else
                 "X-Input-Check": fields["input_check"].model_dump_json(),  # ASCII too (ensure_ascii)
-                "X-Input-Accepted": "true" if analysis.input_check.accepted else "false",
+                "X-Input-Accepted": "true" if prediction.accepted else "false",
             },
         )
-    height, width = result.values.shape
+    height, width = result.map.shape
     return Explanation(
         **fields,
-        heatmap=base64.b64encode(result.png).decode("ascii"),
+        heatmap=base64.b64encode(result.overlay_png).decode("ascii"),
         heatmap_format="png",
         method=result.method,
         explained_class=result.explained_class,
         map=ExplanationMap(
             width=width,
             height=height,
-            values=encode_map(result.values),
-            resolution=result.resolution,
+            values=encode_map(result.map),
+            resolution="model_input",
             method=result.method,
             layers=list(result.layers),
             explained_class=result.explained_class,
@@ -106,8 +106,8 @@ async def explain(
     method: MethodQuery = DEFAULT_METHOD,
 ):
     data = await read_upload(request)
-    analysis = await service.analyse(data, explain=ExplainRequest(method, decision.threshold), policy=policy)
-    return _respond(service, analysis, decision, format)
+    analysis = await service.analyse(data, decision, policy=policy, explain=True, method=method)
+    return _respond(service, analysis, format)
 
 
 @router.get(
@@ -123,12 +123,11 @@ async def explain_cached(
     format: FormatQuery = "json",
     method: MethodQuery = DEFAULT_METHOD,
 ):
-    analysis = await service.explain_cached(prediction_id, ExplainRequest(method, decision.threshold))
+    analysis = await service.explain_cached(prediction_id, decision, method)
     if analysis is None:
         raise ApiError(
-            404,
-            "prediction_not_found",
+            ErrorCode.PREDICTION_NOT_FOUND,
             "No recent prediction with this id: it is unknown or expired (predictions are kept for "
             f"{service.settings.cache_ttl_s:g} s, never on disk). Upload the image to POST /explain instead.",
         )
-    return _respond(service, analysis, decision, format)
+    return _respond(service, analysis, format)

@@ -5,6 +5,7 @@ from fastapi import APIRouter, Request
 from app.api.errors import ApiError, error_responses
 from app.presenter import model_info
 from app.schemas import Health
+from pneumonia.errors import ErrorCode
 
 router = APIRouter(prefix="/health", tags=["health"])
 
@@ -23,5 +24,5 @@ async def live() -> dict[str, str]:
 async def ready(request: Request) -> Health:
     service = getattr(request.app.state, "service", None)
     if service is None:
-        raise ApiError(503, "not_ready", "The model is not loaded yet.", {"Retry-After": "1"})
+        raise ApiError(ErrorCode.NOT_READY, "The model is not loaded yet.", {"Retry-After": "1"})
     return Health(status="ready", model=model_info(service), explain=service.explain_available)

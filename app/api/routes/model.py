@@ -16,5 +16,6 @@ router = APIRouter(tags=["model"])
     responses=error_responses(503),
 )
 async def model(service: ServiceDep) -> ModelCard:
-    explanations = service.gradcam.description if service.gradcam is not None else None
+    explainer = service.model.explainer
+    explanations = explainer.description if explainer is not None else None
     return ModelCard.from_metadata(service.metadata, service.explain_available, explanations)

@@ -16,8 +16,10 @@ from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse, PlainTextResponse
 from fastapi.staticfiles import StaticFiles
 
+from app.api.auth import KEY_AND_RATE_LIMIT
 from app.api.errors import ApiError, error_responses
-from app.bundle import MODEL_CARD_FILENAME
+from pneumonia.bundle import MODEL_CARD_FILENAME
+from pneumonia.errors import ErrorCode
 
 STATIC_DIR = Path(__file__).resolve().parents[2] / "static"
 STATIC_URL = "/static"
@@ -87,7 +89,9 @@ async def redoc(request: Request) -> HTMLResponse:
     tags=["model"],
     summary="The served bundle's human-readable model card (Markdown)",
     response_class=Response,
+    dependencies=KEY_AND_RATE_LIMIT,  # like GET /model (app/api/main.py); the page and docs stay open
     responses={
+        **error_responses(401, 429),
         200: {
             "description": "MODEL_CARD.md of the served bundle",
             "content": {"text/markdown": {"schema": {"type": "string"}}},
@@ -98,5 +102,7 @@ async def redoc(request: Request) -> HTMLResponse:
 async def model_card(request: Request) -> PlainTextResponse:
     path = Path(request.app.state.settings.model_dir) / MODEL_CARD_FILENAME
     if not path.is_file():
-        raise ApiError(404, "model_card_not_found", f"The served bundle has no {MODEL_CARD_FILENAME}; see GET /model.")
+        raise ApiError(
+            ErrorCode.MODEL_CARD_NOT_FOUND, f"The served bundle has no {MODEL_CARD_FILENAME}; see GET /model."
+        )
     return PlainTextResponse(path.read_text(encoding="utf-8"), media_type="text/markdown; charset=utf-8")

@@ -25,5 +25,5 @@ router = APIRouter(tags=["predict"])
 )
 async def predict(request: Request, service: ServiceDep, decision: DecisionDep, policy: PolicyDep) -> Prediction:
     data = await read_upload(request)
-    analysis = await service.analyse(data, policy=policy)
-    return Prediction(**prediction_fields(service, analysis, decision.threshold, decision.operating_point))
+    analysis = await service.analyse(data, decision, policy=policy)
+    return Prediction(**prediction_fields(service, analysis))

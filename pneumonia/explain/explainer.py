@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from app.explain.methods import (
+from pneumonia.explain.methods import (
     CentralBlob,
     GradCAM,
     GradCAMPlusPlus,
@@ -22,7 +22,7 @@ from app.explain.methods import (
     SmoothGradCAM,
     class_sign,
 )
-from app.explain.overlay import draw_colour_bar, encode_png, overlay
+from pneumonia.explain.overlay import draw_colour_bar, encode_png, overlay
 
 # name -> (class, layers). Layers are the bundle's Grad-CAM layer ("bundle"; out_relu, 6x6 at 192 px, for
 # MobileNetV2) or the last layer of the backbone at 1/8 or 1/16 of the input ("stride8": block_6_expand_relu,

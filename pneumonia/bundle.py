@@ -116,7 +116,7 @@ class FileChecksums(_Strict):
 
 
 class InputCheckSpec(_Strict):
-    """The fitted input check stored beside the models (app/input_check.py reads it)."""
+    """The fitted input check stored beside the models (pneumonia/input_check.py reads it)."""
 
     filename: str = "input_check.npz"
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
@@ -131,7 +131,7 @@ class InputCheckSpec(_Strict):
 
 class ExplainActivation(_Strict):
     """An extra output of model.onnx: the activation (N, h, w, C) of one model.keras layer, from the same run as
-    the probability. /explain feeds it to the part of model.keras after that layer (app/explain), so TensorFlow
+    the probability. /explain feeds it to the part of model.keras after that layer (pneumonia/explain), so TensorFlow
     does not repeat the forward pass up to it."""
 
     output: str = EXPLAIN_ACTIVATION_OUTPUT

@@ -25,8 +25,9 @@ from typing import Literal
 import numpy as np
 from PIL import Image
 
-from app.bundle import BundleError, InputCheckSpec, verify_file
-from app.imaging import DecodedImage
+from pneumonia.bundle import BundleError, InputCheckSpec, verify_file
+from pneumonia.errors import ErrorCode
+from pneumonia.imaging import DecodedImage
 
 INPUT_CHECK_FILENAME = "input_check.npz"
 STATISTICS_OUTPUT_PREFIX = "stats_"  # ONNX outputs stats_0..stats_{k-1}: (N, 2C) = [E[x], E[x^2]] per channel
@@ -43,7 +44,7 @@ MIN_PIXEL_STD = 8.0
 MAX_NOISE_RATIO = 0.45
 MAX_ASPECT_RATIO = 2.5
 # Mean per-pixel channel spread of an RGB upload above which it is a colour picture, not a grayscale film
-# (JPEG chroma noise of grayscale scans stays below ~3; app.imaging.colour_deviation).
+# (JPEG chroma noise of grayscale scans stays below ~3; pneumonia.imaging.colour_deviation).
 MAX_COLOUR_DEVIATION = 12.0
 # The orientation/mirror/polarity classifiers act only when this sure; below it an image is taken as it is.
 ORIENTATION_CONFIDENCE = 0.9
@@ -191,10 +192,27 @@ class InputCheckResult:
     mirrored: bool = False
     measurements: dict[str, float] = field(default_factory=dict)
     note: str | None = None  # e.g. why the detector is unavailable
+    # The error code of a refusal: the first kind of failure found, in REFUSAL_ORDER (None when accepted).
+    refusal_code: ErrorCode | None = None
 
-    def refuse(self, reason: str) -> None:
+    def refuse(self, reason: str, code: ErrorCode = ErrorCode.NOT_A_CHEST_XRAY) -> None:
         self.accepted = False
         self.reasons.append(reason)
+        if self.refusal_code is None or REFUSAL_ORDER.index(code) < REFUSAL_ORDER.index(self.refusal_code):
+            self.refusal_code = code
+
+    def refusal_summary(self) -> str:
+        return REFUSAL_SUMMARIES[self.refusal_code or ErrorCode.NOT_A_CHEST_XRAY]
+
+
+# When an image fails several ways, the code names the most basic failure: not an X-ray at all comes before
+# "an X-ray, but not of this model's population", which comes before "the right kind of film, badly exposed".
+REFUSAL_ORDER = (ErrorCode.NOT_A_CHEST_XRAY, ErrorCode.OUTSIDE_POPULATION, ErrorCode.POOR_IMAGE_QUALITY)
+REFUSAL_SUMMARIES = {
+    ErrorCode.NOT_A_CHEST_XRAY: "Not accepted as a frontal chest X-ray",
+    ErrorCode.OUTSIDE_POPULATION: "Outside the population the model was trained on",
+    ErrorCode.POOR_IMAGE_QUALITY: "Image quality outside what the model was trained on",
+}
 
 
 def colour_reason(colour_deviation: float) -> str | None:
@@ -288,10 +306,13 @@ class InputChecker:
             "inverted_probability": round(orientation.inverted_probability, 4),
         }
         if orientation.inverted_probability >= ORIENTATION_CONFIDENCE:
+            # A negative film's orientation cannot be read (the orientation classifier learned upright
+            # positives), so nothing is said about it: turning it back would be a claim the check cannot make.
             result.refuse(
                 f"inverted (negative) image: P(inverted) {orientation.inverted_probability:.2f}; "
                 "bones should be bright and lungs dark"
             )
+            return result, image
         if orientation.confidence < ORIENTATION_CONFIDENCE:
             result.refuse(f"orientation unclear: best guess only {orientation.confidence:.2f} sure")
             return result, image

@@ -9,6 +9,7 @@ Training decodes every image through these same two functions, so serving cannot
 from __future__ import annotations
 
 import io
+import os
 import struct
 import warnings
 import zlib
@@ -18,8 +19,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from app.exceptions import ServiceError
+from pneumonia.errors import ErrorCode, PneumoniaError
 
+# The files every folder walker takes as images (batch scoring, training's dataset scan, adapt, calibrate).
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".dcm", ".dicom"})
 DICOM_MAGIC_OFFSET = 128
 DICOM_MAGIC = b"DICM"
 DEFAULT_MAX_PIXELS = 50_000_000
@@ -60,36 +63,30 @@ _DECODER_ERRORS = (
 warnings.filterwarnings("ignore", category=UserWarning, module=r"(pydicom|PIL)(\.|$)")
 
 
-class ImageInputError(ServiceError, ValueError):
+class ImageInputError(PneumoniaError, ValueError):
     """An upload that cannot be used as a chest X-ray. `code` is stable and machine-readable."""
 
-    code = "invalid_image"
-    status_code = 422
+    code = ErrorCode.INVALID_IMAGE
 
 
 class EmptyImageError(ImageInputError):
-    code = "empty_file"
-    status_code = 400
+    code = ErrorCode.EMPTY_FILE
 
 
 class UnsupportedFormatError(ImageInputError):
-    code = "unsupported_format"
-    status_code = 415
+    code = ErrorCode.UNSUPPORTED_FORMAT
 
 
 class CorruptImageError(ImageInputError):
-    code = "corrupt_image"
-    status_code = 422
+    code = ErrorCode.CORRUPT_IMAGE
 
 
 class ImageTooLargeError(ImageInputError):
-    code = "too_many_pixels"
-    status_code = 413
+    code = ErrorCode.TOO_MANY_PIXELS
 
 
 class ImageShapeError(ImageInputError):
-    code = "bad_dimensions"
-    status_code = 422
+    code = ErrorCode.BAD_DIMENSIONS
 
 
 @dataclass(frozen=True)
@@ -99,7 +96,7 @@ class DecodedImage:
     pixels: np.ndarray  # (H, W) uint8
     source_format: str  # "JPEG", "PNG" or "DICOM"
     warnings: tuple[str, ...] = field(default=())
-    colour_deviation: float = 0.0  # mean channel spread of a colour upload (0 for grayscale); app.input_check
+    colour_deviation: float = 0.0  # mean channel spread of a colour upload (0 for grayscale); pneumonia.input_check
 
     @property
     def height(self) -> int:
@@ -302,3 +299,30 @@ def _decode_dicom_dataset(data: bytes, max_pixels: int) -> DecodedImage:
     return DecodedImage(
         pixels=_stretch_to_uint8(values), source_format="DICOM", warnings=tuple(notes), colour_deviation=deviation
     )
+
+
+def is_extensionless_dicom(path: Path) -> bool:
+    """DICOM archives often name files without an extension; those are recognised by their magic bytes."""
+    if path.suffix:
+        return False
+    try:
+        with path.open("rb") as handle:
+            handle.seek(DICOM_MAGIC_OFFSET)
+            return handle.read(len(DICOM_MAGIC)) == DICOM_MAGIC
+    except OSError:
+        return False
+
+
+def is_image_file(path: Path) -> bool:
+    return path.is_file() and (path.suffix.lower() in IMAGE_SUFFIXES or is_extensionless_dicom(path))
+
+
+def find_images(root: Path) -> list[str]:
+    """Relative POSIX paths of every JPEG/PNG/DICOM file under root, sorted (a stable order for resuming)."""
+    found = []
+    for directory, _, names in os.walk(root):
+        for name in names:
+            path = Path(directory) / name
+            if path.suffix.lower() in IMAGE_SUFFIXES or is_extensionless_dicom(path):
+                found.append(path.relative_to(root).as_posix())
+    return sorted(found)

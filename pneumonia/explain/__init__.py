@@ -1,8 +1,8 @@
-"""Explanations of the classifier's logit: saliency methods (app.explain.methods), the served registry and
-default (app.explain.explainer), and drawing (app.explain.overlay). Faithfulness is measured by
+"""Explanations of the classifier's logit: saliency methods (pneumonia.explain.methods), the served registry and
+default (pneumonia.explain.explainer), and drawing (pneumonia.explain.overlay). Faithfulness is measured by
 `python -m bench.explain`."""
 
-from app.explain.explainer import (
+from pneumonia.explain.explainer import (
     BASELINES,
     DEFAULT_METHOD,
     METHOD_NAMES,
@@ -15,7 +15,7 @@ from app.explain.explainer import (
     encode_map,
     layer_at_stride,
 )
-from app.explain.methods import (
+from pneumonia.explain.methods import (
     CentralBlob,
     GradCAM,
     GradCAMPlusPlus,
@@ -27,7 +27,7 @@ from app.explain.methods import (
     SmoothGradCAM,
     class_sign,
 )
-from app.explain.overlay import (
+from pneumonia.explain.overlay import (
     COLOUR_SCALE,
     JET,
     colorize,

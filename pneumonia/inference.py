@@ -7,15 +7,14 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from app.bundle import BundleError, BundleMetadata
-from app.config import Settings
+from pneumonia.bundle import BundleError, BundleMetadata
 
 
 class OnnxClassifier:
-    def __init__(self, path: Path, metadata: BundleMetadata, settings: Settings):
+    def __init__(self, path: Path, metadata: BundleMetadata, *, intra_op_threads: int = 0, inter_op_threads: int = 0):
         options = ort.SessionOptions()
-        options.intra_op_num_threads = settings.onnx_intra_op_threads
-        options.inter_op_num_threads = settings.onnx_inter_op_threads
+        options.intra_op_num_threads = intra_op_threads
+        options.inter_op_num_threads = inter_op_threads
         options.log_severity_level = 3
         try:
             self.session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
@@ -40,7 +39,7 @@ class OnnxClassifier:
         if missing:
             raise BundleError(f"{path}: no ONNX outputs {missing} named by the input check (has {sorted(outputs)})")
         self._outputs = [self.output_name, *self.statistics_names]
-        # The activation /explain starts from, when the bundle's model.onnx has it (app.explain).
+        # The activation /explain starts from, when the bundle's model.onnx has it (pneumonia.explain).
         self.activation_name = metadata.explain_activation.output if metadata.explain_activation else None
         if self.activation_name is not None and self.activation_name not in outputs:
             raise BundleError(f"{path}: no ONNX output {self.activation_name!r} (has {sorted(outputs)})")
