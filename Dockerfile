@@ -1,8 +1,14 @@
 # Pneumonia-screening inference service (RESEARCH USE ONLY; not a medical device).
 #
 #   docker build -t pneumonia-service .            (here: podman build --format docker --network host ...)
-#   docker run -p 8000:8000 pneumonia-service
-#   docker run -p 8000:8000 -v /path/to/bundle:/srv/models/default:ro pneumonia-service   # another bundle
+#   python -m app.keys new my-client                # line 1: the client's token; line 2: into ./api-keys
+#   docker run -p 8000:8000 -v "$PWD/api-keys:/run/secrets/pneumonia-api-keys:ro" \
+#     -e PNEUMONIA_API_KEYS_FILE=/run/secrets/pneumonia-api-keys pneumonia-service
+#   ... -v /path/to/bundle:/srv/models/default:ro ...   # another bundle
+#
+# The container listens on 0.0.0.0, so it needs API keys: without PNEUMONIA_API_KEYS_FILE it refuses to start
+# (one log line says why) unless -e PNEUMONIA_ALLOW_ANONYMOUS=true serves anyone who can reach it, on purpose
+# (docs/security.md). Rate limit and audit trail: -e PNEUMONIA_RATE_LIMIT=120/minute -e PNEUMONIA_AUDIT_LOG=...
 #
 # Serves the bundle in models/default/ (baked in below). Start-up imports TensorFlow and self-tests the
 # bundle before /health/ready turns 200; a missing or invalid bundle makes the container exit non-zero.
@@ -54,7 +60,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     HOME=/tmp \
     PNEUMONIA_MODEL_DIR=/srv/models/default \
     UVICORN_HOST=0.0.0.0 \
-    UVICORN_PORT=8000
+    UVICORN_PORT=8000 \
+    PNEUMONIA_ALLOW_ANONYMOUS=false
 USER 10001:10001
 EXPOSE 8000
 # TensorFlow import + bundle self-test take tens of seconds on a small CPU: a generous start period.

@@ -110,10 +110,7 @@ def uvicorn_bind(argv: list[str] | None = None) -> Bind:
         return Bind(how="uvicorn --fd")
     if params.get("uds"):
         return Bind(uds=params["uds"], how="uvicorn --uds")
-    host = params.get("host")
-    if host is None:
-        return Bind(host=UVICORN_DEFAULT_HOST, how="uvicorn's default host")
-    return Bind(host=host, how="uvicorn --host / UVICORN_HOST")
+    return Bind(host=params.get("host") or UVICORN_DEFAULT_HOST, how="uvicorn's --host, UVICORN_HOST or default")
 
 
 def check_anonymous_exposure(*, has_keys: bool, allow_anonymous: bool, bind: Bind | None = None) -> None:

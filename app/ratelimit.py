@@ -1,9 +1,11 @@
 """Rate limits per API key (or per client address without keys): `PNEUMONIA_RATE_LIMIT=120/minute`.
 
 Built on `limits` (the library behind slowapi and Flask-Limiter): it parses the `N/period` notation, and its
-sliding-window-counter strategy runs atomically in Redis (one Lua script per hit) or in process memory.
-With the Redis store configured (`PNEUMONIA_CACHE_URL`), the counters live in that Redis, so the limit is
-shared by every worker and replica; without it, each process counts for itself.
+moving-window strategy runs atomically in Redis (one Lua script per hit) or in process memory. A moving
+window allows at most N requests in any period-long window: no double burst at a fixed window's boundary,
+and an exact Retry-After (when the oldest request in the window leaves it). It keeps up to N timestamps per
+active key, each expiring with the window. With the Redis store configured (`PNEUMONIA_CACHE_URL`), they live
+in that Redis, so the limit is shared by every worker and replica; without it, each process counts for itself.
 
 Redis down or hung never fails a request: the limiter falls back to its in-process counters for
 `FALLBACK_S`, logging one line per outage, then tries Redis again. Counter keys hold a digest of the key id
@@ -21,7 +23,7 @@ from typing import Any
 
 from limits import RateLimitItem, parse
 from limits.aio.storage import MemoryStorage, RedisStorage, Storage
-from limits.aio.strategies import SlidingWindowCounterRateLimiter
+from limits.aio.strategies import MovingWindowRateLimiter
 from limits.errors import StorageError
 
 log = logging.getLogger("app.ratelimit")
@@ -58,8 +60,8 @@ class RateLimiter:
     def __init__(self, spec: str, redis_url: str | None = None):
         self.item = parse_rate(spec)
         self.spec = spec
-        self.local = SlidingWindowCounterRateLimiter(MemoryStorage())
-        self.shared: SlidingWindowCounterRateLimiter | None = None
+        self.local = MovingWindowRateLimiter(MemoryStorage())
+        self.shared: MovingWindowRateLimiter | None = None
         self._storage: Storage | None = None
         self._fallback_until = 0.0
         if redis_url:
@@ -74,7 +76,7 @@ class RateLimiter:
             self._storage = RedisStorage(
                 _limits_url(redis_url), implementation="redispy", wrap_exceptions=True, key_prefix=KEY_PREFIX, **options
             )
-            self.shared = SlidingWindowCounterRateLimiter(self._storage)
+            self.shared = MovingWindowRateLimiter(self._storage)
 
     @property
     def where(self) -> str:
@@ -96,10 +98,10 @@ class RateLimiter:
                 )
         return await self._hit(limiter, key)
 
-    async def _hit(self, limiter: SlidingWindowCounterRateLimiter, key: str) -> Verdict:
+    async def _hit(self, limiter: MovingWindowRateLimiter, key: str) -> Verdict:
         if await limiter.hit(self.item, key):  # one atomic round trip; a refused hit is not counted
             return Verdict(True)
-        stats = await limiter.get_window_stats(self.item, key)  # when the weighted count drops below the limit
+        stats = await limiter.get_window_stats(self.item, key)  # reset: when the oldest request leaves the window
         return Verdict(False, max(1, math.ceil(stats.reset_time - time.time())))
 
     async def close(self) -> None:

@@ -115,7 +115,7 @@ class _Response:
             _input_check(record, body.get("input_check"))
         elif isinstance(body, dict):
             _answer(record, body)
-        elif self.headers.get("content-type", "").startswith("image/png"):
+        elif self.headers.get("content-type", "").startswith(("image/png", "application/dicom")):
             _png_answer(record, self.headers)
         if record.operating_point is None and record.status == 200:
             record.operating_point = _query_value(scope, "operating_point")

@@ -163,12 +163,12 @@ def run_container(image):
     """Factory: `podman run -d --network host` on a free loopback port; removed at teardown."""
     created: list[str] = []
 
-    def factory(*extra: str) -> tuple[str, str]:
+    def factory(*extra: str, host: str = "127.0.0.1") -> tuple[str, str]:
         port = free_port()
         name = f"pneumonia-ctest-{uuid.uuid4().hex[:8]}"
         podman(
             "run", "-d", "--name", name, "--network", "host",
-            "-e", "UVICORN_HOST=127.0.0.1", "-e", f"UVICORN_PORT={port}", *extra, image,
+            "-e", f"UVICORN_HOST={host}", "-e", f"UVICORN_PORT={port}", *extra, image,
         )  # fmt: skip
         created.append(name)
         return name, f"http://127.0.0.1:{port}"
@@ -209,6 +209,50 @@ def test_baked_in_default_bundle(run_container, report, sample_images):
     report["ready_seconds_default_bundle"] = round(ready_s, 1)
     check_predict_and_explain(base_url, sample_images["NORMAL"][0], expected_label="NORMAL")
     assert_non_root_and_clean_stop(name)
+
+
+def test_on_every_interface_without_keys_the_image_refuses_to_start(run_container):
+    """The image listens on 0.0.0.0 (its UVICORN_HOST): with no API keys it must stop, saying why, before it
+    loads the model or binds (docs/security.md)."""
+    name, _ = run_container(host="0.0.0.0")
+    deadline = time.monotonic() + 120
+    while podman("inspect", "--format", "{{.State.Status}}", name).stdout.strip() in ("created", "running"):
+        assert time.monotonic() < deadline, f"still running without keys on 0.0.0.0:\n{logs(name)}"
+        time.sleep(1)
+    assert podman("inspect", "--format", "{{.State.ExitCode}}", name).stdout.strip() != "0"
+    output = logs(name)
+    assert "refusing to start" in output and "PNEUMONIA_API_KEYS_FILE" in output, output
+    assert "loading model bundle" not in output
+
+
+def test_with_a_mounted_keys_file_only_a_key_scores(run_container, tiny_bundle, sample_images, tmp_path):
+    from app.keys import keys_file_line, new_token
+
+    token = new_token()
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    (secrets / "api-keys").write_text(keys_file_line("ctest", token) + "\n")
+    for path in (secrets, secrets / "api-keys"):  # the container's uid 10001 reads them (digests, not tokens)
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    bundle = readable_copy(tiny_bundle, tmp_path / "bundle")
+    name, base_url = run_container(
+        "--read-only", "--tmpfs", "/tmp",
+        "-v", f"{bundle}:{MOUNTED_MODEL_DIR}:ro", "-e", f"PNEUMONIA_MODEL_DIR={MOUNTED_MODEL_DIR}",
+        "-v", f"{secrets}:/run/secrets/pneumonia:ro", "-e", "PNEUMONIA_API_KEYS_FILE=/run/secrets/pneumonia/api-keys",
+        "-e", "PNEUMONIA_AUDIT_LOG=/dev/stdout",
+    )  # fmt: skip
+    wait_healthy(name, base_url)  # the HEALTHCHECK needs no key
+    files = {"file": ("x.jpeg", sample_images["NORMAL"][0].read_bytes(), "image/jpeg")}
+    refused = httpx.post(f"{base_url}/predict", files=files, timeout=120)
+    assert refused.status_code == 401 and refused.headers["WWW-Authenticate"] == "Bearer"
+    answered = httpx.post(
+        f"{base_url}/predict", files=files, params={"input_check": "warn"},
+        headers={"Authorization": f"Bearer {token}"}, timeout=120,
+    )  # fmt: skip
+    assert answered.status_code == 200, answered.text
+    audit = [json.loads(line) for line in logs(name).splitlines() if line.startswith('{"v":1')]
+    assert [(a["status"], a["key_id"]) for a in audit] == [(401, None), (200, "ctest")]
+    assert token not in logs(name)
 
 
 @pytest.mark.skipif(shutil.which("podman-compose") is None, reason="podman-compose not on PATH")

@@ -128,12 +128,16 @@ def test_pods_run_as_non_root_on_a_read_only_root_filesystem(manifests, name):
         assert context["readOnlyRootFilesystem"] is True
         assert context["allowPrivilegeEscalation"] is False and context["capabilities"]["drop"] == ["ALL"]
         for mount in container.get("volumeMounts", []):
-            assert "emptyDir" in volumes[mount["name"]], "only scratch space is writable"
+            volume = volumes[mount["name"]]
+            # only scratch space is writable; the API keys Secret is mounted read-only
+            assert "emptyDir" in volume or ("secret" in volume and mount.get("readOnly") is True), mount
 
 
 def test_the_api_pod_has_a_writable_tmp_and_runs_as_the_image_user(manifests):
     pod = one(manifests, "Deployment", "pneumonia-service")["spec"]["template"]["spec"]
-    assert {m["mountPath"] for m in api_container(manifests)["volumeMounts"]} == {"/tmp"}
+    mounts = {m["mountPath"]: m for m in api_container(manifests)["volumeMounts"]}
+    assert set(mounts) == {"/tmp", "/var/run/secrets/pneumonia"}
+    assert mounts["/var/run/secrets/pneumonia"]["readOnly"] is True
     (user,) = dockerfile_instructions("USER")[-1:]
     uid = user.split(":")[0]
     assert uid.isdigit() and int(uid) != 0 and int(uid) == pod["securityContext"]["runAsUser"]
@@ -192,3 +196,43 @@ def test_compose_redis_is_opt_in_and_persists_nothing():
     assert "--maxmemory" in args and redis["read_only"] is True
     assert service["environment"]["PNEUMONIA_CACHE_URL"] == "${PNEUMONIA_CACHE_URL:-}"
     assert Settings(cache_url="").cache_url == ""  # what an unset variable becomes: the in-memory store
+
+
+def test_the_pods_need_api_keys_from_a_secret_they_see_rotated(manifests):
+    """The container listens on 0.0.0.0: without keys it would refuse to start (app/bind.py), so the manifest
+    gives it the keys file from a Secret, mounted as a directory (a subPath mount never sees an update)."""
+    container = api_container(manifests)
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env["UVICORN_HOST"] == "0.0.0.0" and env["PNEUMONIA_ALLOW_ANONYMOUS"] == "false"
+    keys_file = Path(env["PNEUMONIA_API_KEYS_FILE"])
+    (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == str(keys_file.parent)]
+    assert "subPath" not in mount and mount["readOnly"] is True
+    pod = one(manifests, "Deployment", "pneumonia-service")["spec"]["template"]["spec"]
+    volume = {v["name"]: v for v in pod["volumes"]}[mount["name"]]
+    secret = one(manifests, "Secret", volume["secret"]["secretName"])
+    assert keys_file.name in secret["stringData"] and "items" not in volume["secret"]
+    assert volume["secret"]["defaultMode"] & 0o004  # the image's user (not root) must read it
+
+    from app.keys import parse_keys
+
+    shipped = parse_keys(secret["stringData"][keys_file.name])
+    assert shipped.keys == {} and shipped.problems == []  # a placeholder: no real key committed, none invented
+    assert env["PNEUMONIA_AUDIT_LOG"] == "/dev/stdout"  # the audit trail leaves with the pod's logs
+    Settings(rate_limit=env["PNEUMONIA_RATE_LIMIT"])
+
+
+def test_compose_needs_keys_or_the_explicit_flag_and_its_keys_example_fits():
+    """docker-compose.yml listens on 0.0.0.0 in the container: anonymous only when asked for, loopback with the
+    host override; docker-compose.keys.yml mounts a keys directory read-only and points the service at it."""
+    compose = yaml.safe_load((REPO_ROOT / "docker-compose.yml").read_text())["services"]["pneumonia-service"]
+    assert compose["environment"]["PNEUMONIA_ALLOW_ANONYMOUS"] == "${PNEUMONIA_ALLOW_ANONYMOUS:-false}"
+    assert compose["environment"]["PNEUMONIA_API_KEYS_FILE"] == "${PNEUMONIA_API_KEYS_FILE:-}"
+    host = (REPO_ROOT / "docker-compose.host.yml").read_text()  # `!reset` is Compose's tag, not plain YAML
+    assert re.search(r"^\s+UVICORN_HOST: 127\.0\.0\.1$", host, re.MULTILINE)  # anonymous allowed: loopback only
+    keys = yaml.safe_load((REPO_ROOT / "docker-compose.keys.yml").read_text())["services"]["pneumonia-service"]
+    (volume,) = keys["volumes"]
+    source, target, mode = volume.rsplit(":", 2)
+    assert mode == "ro" and source.endswith("./secrets}")
+    assert Path(keys["environment"]["PNEUMONIA_API_KEYS_FILE"]).parent == Path(target)
+    assert "/secrets/" in (REPO_ROOT / ".gitignore").read_text().split()
+    assert "secrets/" in (REPO_ROOT / ".dockerignore").read_text().split()  # never baked into an image
