@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pneumonia.bundle import PARITY_TOLERANCE
@@ -14,6 +14,7 @@ from pneumonia.imaging import DEFAULT_MAX_PIXELS
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MiB = 1024 * 1024
+PACS_OPTIONAL = ("pacs_url", "pacs_username", "pacs_password", "pacs_password_file", "pacs_token", "pacs_token_file")
 
 
 class Settings(BaseSettings):
@@ -71,9 +72,25 @@ class Settings(BaseSettings):
         default=None, description="Append one JSON line per scoring request to this file (schema: docs/security.md)."
     )
 
+    # The PACS worker (python -m app.pacs; docs/pacs.md). It scores with the settings above (model_dir, input_check,
+    # the thread and pixel limits). Credentials come from here or from files, never from the command line.
+    pacs_url: str | None = Field(default=None, description="DICOMweb root, e.g. http://orthanc:8042/dicom-web.")
+    pacs_username: str | None = Field(default=None, description="HTTP basic auth user (with a password or its file).")
+    pacs_password: SecretStr | None = None
+    pacs_password_file: Path | None = Field(default=None, description="File holding the basic-auth password.")
+    pacs_token: SecretStr | None = Field(default=None, description="Bearer token for the DICOMweb server.")
+    pacs_token_file: Path | None = Field(default=None, description="File holding the bearer token.")
+    pacs_batch_size: int = Field(default=8, gt=0, le=256, description="Instances retrieved and scored per batch.")
+    pacs_timeout_s: float = Field(default=60.0, gt=0, description="Timeout of one DICOMweb request.")
+
     @field_validator("api_keys_file", "audit_log", "rate_limit", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator(*PACS_OPTIONAL, mode="before")
+    @classmethod
+    def _empty_pacs_value_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("rate_limit")

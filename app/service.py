@@ -133,7 +133,12 @@ def _unchecked() -> InputCheckResult:
 
 def load_service(settings: Settings, *, observe_inference: Callable[[str, float], None] | None = None,
                  on_reject: Callable[[], None] | None = None) -> ModelService:  # fmt: skip
-    model = Model.load(
+    return ModelService(settings, load_model(settings, observe_inference), on_reject=on_reject)
+
+
+def load_model(settings: Settings, observe_inference: Callable[[str, float], None] | None = None) -> Model:
+    """The bundle of `settings`, loaded as the service loads it (the PACS worker loads it the same way)."""
+    return Model.load(
         settings.model_dir,
         explain=settings.explain_enabled,
         onnx_threads=(settings.onnx_intra_op_threads, settings.onnx_inter_op_threads),
@@ -142,4 +147,3 @@ def load_service(settings: Settings, *, observe_inference: Callable[[str, float]
         max_pixels=settings.max_pixels,
         observe=observe_inference,
     )
-    return ModelService(settings, model, on_reject=on_reject)

@@ -37,6 +37,12 @@ class ErrorCode(StrEnum):
     INVALID_IMAGE = ("invalid_image", 422, "The image cannot be used (e.g. a DICOM without pixel data).")
     TOO_MANY_PIXELS = ("too_many_pixels", 413, "The decoded image exceeds PNEUMONIA_MAX_PIXELS.")
     BAD_DIMENSIONS = ("bad_dimensions", 422, "The image has an unusable shape (e.g. a video or 3-D volume).")
+    DICOM_REQUIRED = (
+        "dicom_required",
+        415,
+        "A DICOM result (?format=dicom-sr or dicom-sc) was asked for an upload that is not a DICOM image with its "
+        "study and instance UIDs: there is no study to attach the result to.",
+    )
     # the input check (policy `refuse`; under `warn` the same verdict comes back with accepted=false)
     NOT_A_CHEST_XRAY = ("not_a_chest_xray", 422, "The input check found it is not a frontal chest X-ray.")
     OUTSIDE_POPULATION = (

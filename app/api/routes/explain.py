@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Path, Query, Request, Response
 
 from app.api.deps import DecisionDep, PolicyDep, ServiceDep
+from app.api.dicom import SC_FORMAT, dicom_response, dicom_response_doc, dicom_source
 from app.api.errors import ApiError, error_responses
 from app.api.uploads import UPLOAD_REQUEST_BODY, read_upload
 from app.presenter import prediction_fields
@@ -26,6 +27,11 @@ router = APIRouter(tags=["explain"])
 FormatQuery = Annotated[
     Literal["json", "png"], Query(description="json: Explanation with a base64 PNG; png: the overlay image itself")
 ]
+UploadFormatQuery = Annotated[
+    Literal["json", "png", "dicom-sc"],
+    Query(description="json: Explanation with a base64 PNG; png: the overlay image itself; dicom-sc: the overlay as a "
+          "DICOM Secondary Capture in the upload's study (DICOM uploads only)"),
+]  # fmt: skip
 MethodQuery = Annotated[
     Literal[METHOD_NAMES],  # type: ignore[valid-type]
     Query(
@@ -95,18 +101,21 @@ def _respond(service: ModelService, analysis: Analysis, fmt: str) -> Explanation
     + COLOUR_SCALE
     + " It shows what drove the model's score, not a localisation of disease.",
     openapi_extra={"requestBody": UPLOAD_REQUEST_BODY},
-    responses={**error_responses(400, 413, 415, 422, 503), **PNG_RESPONSE},
+    responses={**error_responses(400, 413, 415, 422, 503), **dicom_response_doc(SC_FORMAT, PNG_RESPONSE)},
 )
 async def explain(
     request: Request,
     service: ServiceDep,
     decision: DecisionDep,
     policy: PolicyDep,
-    format: FormatQuery = "json",
+    format: UploadFormatQuery = "json",
     method: MethodQuery = DEFAULT_METHOD,
 ):
     data = await read_upload(request)
+    source = dicom_source(data) if format == SC_FORMAT else None  # 415 dicom_required before any scoring
     analysis = await service.analyse(data, decision, policy=policy, explain=True, method=method)
+    if source is not None:
+        return await dicom_response(source, analysis, format)
     return _respond(service, analysis, format)
 
 
