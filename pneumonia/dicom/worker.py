@@ -33,6 +33,7 @@ import requests
 from pydicom import Dataset, dcmread
 from pydicom.datadict import tag_for_keyword
 from pydicom.errors import InvalidDicomError
+from pydicom.uid import UID, UID_dictionary
 
 from pneumonia.bundle import BundleMetadata
 from pneumonia.dicom.common import check_source, result_uids, series_uids
@@ -218,7 +219,11 @@ class Worker:
             else:
                 continue
             instances = self._search(self.client.search_for_instances, study_uid, series_uid)
-            found[key] = {uid for uid in (_value(i, "SOPInstanceUID") for i in instances) if uid}
+            found[key] = {
+                _value(i, "SOPInstanceUID")
+                for i in instances
+                if _value(i, "SOPInstanceUID") and (key is None or _is_image(_value(i, "SOPClassUID")))
+            }
         return found
 
     def _studies(self, query: Query) -> list[str]:
@@ -413,6 +418,14 @@ def _value(item: dict[str, Any], keyword: str) -> str:
 
 def _is_chest(body_part: str) -> bool:
     return not body_part or any(word in body_part for word in CHEST_BODY_PARTS)
+
+
+def _is_image(sop_class_uid: str) -> bool:
+    """False for a SOP class known not to be an image (a presentation state, a key object, an SR in a CR series);
+    an unknown or private class is given the benefit of the doubt."""
+    if not sop_class_uid or sop_class_uid not in UID_dictionary:
+        return True
+    return "Image" in UID(sop_class_uid).name
 
 
 def _part10(dataset: Dataset) -> bytes:

@@ -111,3 +111,13 @@ def test_the_library_side_imports_no_web_framework_and_no_app():
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_only_images_are_candidates():
+    from pneumonia.dicom.worker import _is_image
+
+    assert _is_image("1.2.840.10008.5.1.4.1.1.1") and _is_image("1.2.840.10008.5.1.4.1.1.1.1")  # CR, DX
+    assert _is_image("1.2.840.10008.5.1.4.1.1.7")  # Secondary Capture (a wrapped film)
+    assert not _is_image("1.2.840.10008.5.1.4.1.1.11.1")  # a presentation state in a CR series
+    assert not _is_image("1.2.840.10008.5.1.4.1.1.88.34")  # an SR
+    assert _is_image("1.2.826.0.1.3680043.9.9999.1") and _is_image("")  # unknown or absent: given the benefit
