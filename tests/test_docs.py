@@ -1,0 +1,66 @@
+"""The documentation's generated parts match the code: the error-code table is the enum, the README stays short.
+
+The site itself is built by `mkdocs build --strict` in .ci/run (every include and link must resolve); these
+tests need no MkDocs, so they run in the fast default suite.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from pathlib import Path
+from types import ModuleType
+
+from pneumonia.errors import ErrorCode
+
+ROOT = Path(__file__).resolve().parents[1]
+README_MAX_LINES = 200
+
+
+def load_hook() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("gen_error_codes", ROOT / "docs" / "gen_error_codes.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def table_rows(markdown: str) -> dict[str, tuple[int, str]]:
+    """code -> (status, meaning) from the rendered error-code table's rows."""
+    rows = {}
+    for line in markdown.splitlines():
+        match = re.fullmatch(r"\| `([a-z_]+)` \| (\d{3}) \| (.*) \|", line)
+        if match:
+            rows[match[1]] = (int(match[2]), match[3].replace(r"\|", "|"))
+    return rows
+
+
+def test_the_http_api_page_gets_a_table_of_every_error_code_with_its_status_and_meaning():
+    hook = load_hook()
+    page = (ROOT / "docs" / "http-api.md").read_text()
+    assert page.count(hook.MARKER) == 1, "docs/http-api.md must hold the error-code marker exactly once"
+
+    rendered = hook.on_page_markdown(page, page=None, config=None, files=None)
+
+    assert hook.MARKER not in rendered
+    rows = table_rows(rendered)
+    for code in ErrorCode:
+        assert rows.get(code.value) == (code.status, code.meaning), f"{code.value} is missing or differs"
+    # every row is a code the service can answer with: ErrorCode, or the access codes' enum while it exists
+    extra = set(rows) - {code.value for code in ErrorCode}
+    assert extra == {code for code, _, _ in hook.error_codes()} - {code.value for code in ErrorCode}
+
+
+def test_the_table_lists_each_code_once_in_the_enums_order():
+    hook = load_hook()
+    listed = list(table_rows(hook.error_code_table()))
+    assert len(listed) == len(set(listed))
+    assert listed[: len(ErrorCode)] == [code.value for code in ErrorCode]
+
+
+def test_the_readme_is_short_and_its_relative_links_resolve():
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) <= README_MAX_LINES
+    for target in re.findall(r"\]\(([^)#\s]+)", readme):
+        if not re.match(r"[a-z]+:", target):
+            assert (ROOT / target).exists(), f"README links to {target}, which does not exist"
