@@ -2,8 +2,8 @@
 
 Who scored what, when, with which model and with what answer; never the image, the token or a patient
 identifier. The HTTP service writes a line for every `POST /predict`, `POST /explain` and
-`GET /explain/{id}` (app/api/audit.py), refusals and errors included; batch scoring and the PACS worker
-call `AuditLog.write` themselves:
+`GET /explain/{id}` (app/api/audit.py), refusals and errors included; the PACS worker (app/pacs.py) calls
+`AuditLog.write` itself, and batch scoring passes `batch_row_hook(audit, root)` as `score_folder`'s `on_row`:
 
     audit = AuditLog.open(settings.audit_log)          # None when PNEUMONIA_AUDIT_LOG is unset
     if audit is not None:
@@ -24,6 +24,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -84,6 +85,35 @@ def utc_now() -> str:
 def image_fields(data: bytes) -> dict[str, Any]:
     """`image_sha256` and `image_bytes` of an upload, for an `AuditRecord`."""
     return {"image_sha256": hashlib.sha256(data).hexdigest(), "image_bytes": len(data)}
+
+
+def batch_row_hook(audit: AuditLog, root: Path, key_id: str | None = None) -> Callable[[dict[str, str], Any], None]:
+    """`on_row` for `pneumonia.batch.score_folder` (`python -m app.score`): one line per file, `source` "score".
+
+    The file is read again for its digest (the batch keeps no bytes); its path is never written."""
+
+    def write(row: dict[str, str], item: Any) -> None:
+        try:
+            fields = image_fields((root / row["path"]).read_bytes())
+        except OSError:
+            fields = {}
+        prediction, error = getattr(item, "prediction", None), getattr(item, "error", None)
+        check = getattr(prediction, "input_check", None) or getattr(error, "check", None)
+        record = AuditRecord(
+            endpoint="score", source="score", key_id=key_id, **fields,
+            status=200 if prediction is not None else getattr(error, "status_code", None),
+            code=str(error.code) if error is not None else None,
+            policy=getattr(check, "policy", None), accepted=getattr(check, "accepted", None),
+        )  # fmt: skip
+        if prediction is not None:
+            model = prediction.model
+            record.model_name, record.model_version, record.model_sha256 = model.name, model.version, model.sha256
+            record.image_format = prediction.image.source_format
+            record.operating_point, record.threshold = prediction.operating_point, prediction.threshold
+            record.label, record.probability = str(prediction.label), float(prediction.probability)
+        audit.write(record)
+
+    return write
 
 
 class AuditLog:

@@ -13,8 +13,10 @@ matched or how much of it). The key id (never the token) is what the audit trail
 Rotation without a restart: the file is re-read when it changes (inode, size or modification time; and
 while it is younger than `RACY_WINDOW_S`, every time, since two writes within one timestamp tick look
 alike). A Kubernetes Secret update (an atomic symlink swap) is seen on the next request. On start-up the
-file must exist and every line must parse (`KeysFileError`); on a reload an unreadable file leaves no
-valid key (fail closed) and a bad line is skipped, both logged with the line number, never its content.
+file must exist and every line must parse (`KeysFileError`); on a reload a missing or unreadable file leaves
+no valid key (fail closed) and a bad line is skipped, both logged with the line number, never its content.
+A file rewritten in place is empty for a moment: a young file without a valid key keeps the previous keys
+until it is `RACY_WINDOW_S` old, so emptying the file revokes every key within that time, not at once.
 
     python -m app.keys new KEY_ID      a new token (printed once) and its line for the keys file
     python -m app.keys hash KEY_ID     the keys-file line for a token read from standard input
@@ -167,6 +169,10 @@ class KeyRing:
             self._install({}, None)
             return
         parsed = parse_keys(text)
+        if not parsed.keys and self._keys and time.time() - stat.st_mtime < RACY_WINDOW_S:
+            # Caught mid-write (an editor truncates, then writes): keep the keys and read again next time; if
+            # the file stays without a valid key past RACY_WINDOW_S, that is what it says (no key is valid).
+            return
         before = dict(self._keys)
         self._install(parsed.keys, stat)
         if parsed.problems != self._problems:  # the same file re-read (young file): said once

@@ -44,6 +44,18 @@ def note_upload(request: Request, data: bytes) -> None:
     if record is not None:
         fields = image_fields(data)
         record.image_sha256, record.image_bytes = fields["image_sha256"], fields["image_bytes"]
+        record.image_format = sniff_format(data)  # refusals too; an answer's `input.format` confirms it
+
+
+def sniff_format(data: bytes) -> str | None:
+    """JPEG, PNG or DICOM by their magic bytes (what the decoder will try), else None."""
+    if data[128:132] == b"DICM":
+        return "DICOM"
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "PNG"
+    if data.startswith(b"\xff\xd8\xff"):
+        return "JPEG"
+    return None
 
 
 def audited_endpoint(method: str, path: str) -> tuple[str, str | None] | None:

@@ -133,3 +133,29 @@ def test_http_lines_for_answers_refusals_and_errors(make_app, sample_jpeg, tmp_p
     assert bad_type["key_id"] == "alice"
     text = (tmp_path / "audit.jsonl").read_text()
     assert "tok-alice" not in text and base64.b64encode(sample_jpeg[:48]).decode() not in text
+
+
+def test_batch_scoring_writes_a_line_per_file_through_the_hook(tiny_bundle, sample_jpeg, tmp_path):
+    """`python -m app.score` passes `batch_row_hook` to `score_folder`: the same schema, `source` "score"."""
+    from app.audit import batch_row_hook
+    from pneumonia.batch import BatchOptions, score_folder
+    from pneumonia.model import Model
+
+    folder = tmp_path / "films"
+    folder.mkdir()
+    (folder / "PATIENT-NAME-IN-FILE-NAME.jpeg").write_bytes(sample_jpeg)
+    (folder / "notes.png").write_bytes(b"not an image")
+    audit = AuditLog(tmp_path / "audit.jsonl")
+    model = Model.load(tiny_bundle, explain=False)
+    score_folder(
+        model, folder, tmp_path / "scores.csv", BatchOptions(policy="off"), on_row=batch_row_hook(audit, folder)
+    )
+    audit.close()
+    text = (tmp_path / "audit.jsonl").read_text()
+    answered, refused = sorted(read_lines(tmp_path / "audit.jsonl"), key=lambda line: line["status"])
+    assert answered["source"] == "score" and answered["endpoint"] == "score" and answered["status"] == 200
+    assert answered["image_sha256"] == hashlib.sha256(sample_jpeg).hexdigest() and answered["image_format"] == "JPEG"
+    assert answered["label"] in ("NORMAL", "PNEUMONIA") and answered["model_sha256"] and answered["policy"] == "off"
+    assert refused["status"] == 415 and refused["code"] == "unsupported_format" and refused["label"] is None
+    assert refused["image_sha256"] == hashlib.sha256(b"not an image").hexdigest()
+    assert "PATIENT-NAME" not in text and "notes" not in text  # paths are not written

@@ -118,6 +118,19 @@ def test_on_reload_a_missing_file_leaves_no_valid_key_and_a_bad_line_only_itself
     assert "line 1" in caplog.text and "pasted-token-by-mistake" not in caplog.text
 
 
+def test_a_file_caught_mid_write_keeps_the_keys_until_it_settles(tmp_path):
+    """An editor saving in place truncates first: for a moment the file is empty. A request then must not be
+    refused; a file that stays empty is taken at its word once it is RACY_WINDOW_S old (every key revoked)."""
+    path = tmp_path / "keys"
+    write(path, keys_file_line("alice", "token-a"))
+    ring = KeyRing(path).load()
+    path.write_text("")  # truncated, not yet written
+    assert ring.identify(b"token-a") == "alice"
+    settled = time.time() - keys_module.RACY_WINDOW_S - 1
+    os.utime(path, (settled, settled))
+    assert ring.identify(b"token-a") is None
+
+
 def test_every_key_is_compared_in_constant_time(tmp_path, monkeypatch):
     """hmac.compare_digest against every stored digest, whichever matches: timing says nothing about the keys."""
     path = tmp_path / "keys"
