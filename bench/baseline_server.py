@@ -106,10 +106,10 @@ def jet(values: np.ndarray) -> np.ndarray:
 
 
 def save_and_display_gradcam(image: Image.Image, heatmap: np.ndarray, alpha: float = 0.4) -> bytes:
-    heatmap = np.uint8(255 * np.nan_to_num(heatmap))
-    jet_heatmap = Image.fromarray(jet(heatmap)).resize(image.size)
-    superimposed = np.array(jet_heatmap, dtype=np.float32) * alpha + np.array(image, dtype=np.float32)
-    superimposed = Image.fromarray(np.clip(superimposed, 0, 255).astype(np.uint8))
+    levels = (255 * np.nan_to_num(heatmap)).astype(np.uint8)
+    jet_heatmap = Image.fromarray(jet(levels)).resize(image.size)
+    blended = np.array(jet_heatmap, dtype=np.float32) * alpha + np.array(image, dtype=np.float32)
+    superimposed = Image.fromarray(np.clip(blended, 0, 255).astype(np.uint8))
     buffer = io.BytesIO()
     superimposed.save(buffer, format="PNG")
     return buffer.getvalue()

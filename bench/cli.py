@@ -151,7 +151,7 @@ async def bench_service(bundle: Path, uploads: list[Upload], raw_uploads: list[U
     log(f"starting the service on {server.base_url} (bundle {bundle})")
     server.start()
     try:
-        memory = {"rss_after_startup_kib": server.memory_kib()["VmRSS"]}
+        memory: dict[str, int | list[tuple[int, int]] | None] = {"rss_after_startup_kib": server.memory_kib()["VmRSS"]}
         log(f"  ready in {server.startup_s:.1f} s; warming up")
         for path, concurrency, n in (
             ("/predict", 1, 30),
@@ -164,7 +164,8 @@ async def bench_service(bundle: Path, uploads: list[Upload], raw_uploads: list[U
 
         load_n, load_c, step = args.memory_requests, 4, max(args.memory_requests // 10, 1)
         log(f"  memory phase: {load_n} x /predict at c={load_c}")
-        samples, load_errors, done = [], 0, 0
+        samples: list[tuple[int, int]] = []
+        load_errors, done = 0, 0
         while done < load_n:
             chunk = min(step, load_n - done)
             result = await run_level(server.base_url, "/predict", uploads, load_c, chunk, timeout_s=30)

@@ -54,6 +54,9 @@ def measure_floor(
     decode = _time_calls(lambda i: to_model_input(decode_image(images[i % len(images)]), size), iterations, warmup)
     model_s = summarize_ms(model, (50, 95))
     decode_s = summarize_ms(decode, (50, 95))
+    model_p50, decode_p50 = model_s["p50_ms"], decode_s["p50_ms"]
+    if model_p50 is None or decode_p50 is None:  # no timings at all
+        raise ValueError(f"measure_floor needs at least one iteration, got {iterations}")
     return {
         "onnx_session_options": {
             "intra_op_num_threads": intra,
@@ -65,5 +68,5 @@ def measure_floor(
         "iterations": iterations,
         "model_session_run": model_s,
         "decode_preprocess": decode_s,
-        "model_plus_decode_p50_ms": round(model_s["p50_ms"] + decode_s["p50_ms"], 3),
+        "model_plus_decode_p50_ms": round(model_p50 + decode_p50, 3),
     }

@@ -105,7 +105,9 @@ def noise(rng: np.random.Generator, size: int = 256) -> np.ndarray:
     if kind == 2:
         return rng.integers(0, 256, (size, size, 3))
     coarse = rng.normal(128, 50, (size // 16, size // 16))  # blotchy low-frequency noise
-    return np.asarray(Image.fromarray(np.clip(coarse, 0, 255).astype(np.uint8)).resize((size, size), Image.BILINEAR))
+    return np.asarray(
+        Image.fromarray(np.clip(coarse, 0, 255).astype(np.uint8)).resize((size, size), Image.Resampling.BILINEAR)
+    )
 
 
 def gradient(rng: np.random.Generator, size: int = 256) -> np.ndarray:

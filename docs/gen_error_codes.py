@@ -4,7 +4,7 @@ Where a page says `<!-- error-codes -->`, the hook puts a Markdown table of ever
 what it means, in the enum's order. The codes live in `pneumonia.errors.ErrorCode`; the access errors
 (API keys, rate limit) still have their own enum in `app.api.auth.AccessCode` until they join it, and are
 listed too, so the table names every code the service can answer with. Nothing is written to docs/: the
-table exists only in the built page, so it cannot go stale. tests/test_docs.py checks it against the enums.
+table exists only in the built page, so it cannot go stale. tests/test_docs_site.py checks it against the enums.
 
 Run directly to print the table: `python docs/gen_error_codes.py`.
 """

@@ -24,6 +24,25 @@ TINY_IMAGE_SIZE = 32
 TINY_MODELS = "mobilenetv2,efficientnetb0"
 IMAGES_PER_CLASS = 24
 
+# Fixtures that train or load a model (TensorFlow), start a server or drive a browser: a test that requests none
+# of them, directly or through other fixtures, is marked `fast` (`pytest -m fast`), unless it is marked
+# `tensorflow` (it builds or trains a Keras model in its own body, which no fixture shows), `slow` or `container`.
+SLOW_FIXTURES = frozenset(
+    {"tiny_dataset", "tiny_run", "tiny_bundle"}  # the tiny training run
+    | {"loaded_service", "make_app", "shipped_service", "shipped_model"}  # a model loaded with its Keras half
+    | {"start_server", "server", "orthanc"}  # uvicorn and Orthanc subprocesses
+    | {"page", "browser"}  # Chromium
+)
+NOT_FAST_MARKERS = ("tensorflow", "slow", "container")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if any(item.get_closest_marker(name) for name in NOT_FAST_MARKERS):
+            continue
+        if SLOW_FIXTURES.isdisjoint(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.fast)
+
 
 @pytest.fixture(scope="session")
 def sample_images() -> dict[str, list[Path]]:

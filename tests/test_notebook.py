@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import nbformat
+import pytest
 from nbclient import NotebookClient
 
 from pneumonia.bundle import RESEARCH_DISCLAIMER
@@ -14,6 +15,7 @@ NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "walkthrough.ipyn
 CELL_TIMEOUT_S = 300  # about a minute in all on an idle machine; generous for a loaded CI runner
 
 
+@pytest.mark.tensorflow  # trains, exports and explains in the kernel
 def test_walkthrough_runs_on_the_committed_samples(tmp_path, monkeypatch):
     monkeypatch.delenv("DATA", raising=False)  # the kernel inherits this process's environment
     monkeypatch.setenv("WALKTHROUGH_OUT", str(tmp_path))

@@ -139,7 +139,7 @@ def choose_default(summary: dict) -> tuple[str, str]:
     }
     if not eligible:
         return DEFAULT_METHOD, f"no method met both criteria; kept {DEFAULT_METHOD}"
-    best = max(eligible, key=eligible.get)
+    best = max(eligible, key=eligible.__getitem__)
     return best, f"{best}: highest mean gap ({eligible[best]:.2f}) of {sorted(eligible)}"
 
 
@@ -252,7 +252,10 @@ def main(argv: list[str] | None = None) -> int:
     names = [n for n in args.methods.split(",") if n]
     fractions = np.linspace(0.0, 1.0, args.steps + 1)
     random_model, randomised = randomised_copy(args.bundle / KERAS_FILENAME, args.seed)
-    results, randomisation, timing, described = {}, {}, {}, {}
+    results: dict[str, dict[str, dict[str, list[float]]]] = {}  # method -> scheme -> curve -> per-image areas
+    randomisation: dict[str, list[float]] = {}
+    timing: dict[str, float] = {}
+    described: dict[str, dict[str, list[int] | list[str]]] = {}
     for name in names:
         method = build_method(name, model, metadata.gradcam_layer, metadata.logit_layer)
         described[name] = {"layers": list(method.layers), "native_size": list(method.native_size)}

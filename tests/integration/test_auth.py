@@ -20,11 +20,10 @@ import httpx
 import numpy as np
 import pytest
 import redis
-from conftest import copy_bundle
 
 from app.keys import keys_file_line
 from pneumonia.bundle import RESEARCH_DISCLAIMER
-from tests.support import REPO_ROOT, free_port
+from tests.support import REPO_ROOT, copy_bundle, free_port
 
 RATE = 20
 KEY_IDS = ("reader", "dicom", "burst", "other", "query", "metrics")

@@ -8,11 +8,11 @@ import io
 import httpx
 import numpy as np
 import pytest
-from conftest import copy_bundle
 from PIL import Image
 
 from pneumonia.bundle import RESEARCH_DISCLAIMER
 from tests.media import dicom, gray_of, png, png_bomb, png_variants
+from tests.support import copy_bundle
 
 UPLOAD_LIMIT = 3 * 1024 * 1024
 SECRET_NAME = "PATIENT-DOE-JOHN-19700101-secret.jpeg"  # must never reach the logs

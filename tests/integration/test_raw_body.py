@@ -6,11 +6,11 @@ from __future__ import annotations
 import httpx
 import numpy as np
 import pytest
-from conftest import copy_bundle
 from PIL import Image
 
 from pneumonia.bundle import RESEARCH_DISCLAIMER
 from tests.media import dicom, gray_of, png
+from tests.support import copy_bundle
 
 UPLOAD_LIMIT = 1024 * 1024
 

@@ -11,10 +11,10 @@ import time
 
 import httpx
 import pytest
-from conftest import copy_bundle
 
 from app.store import REDIS_TIMEOUT_S
 from pneumonia.bundle import RESEARCH_DISCLAIMER
+from tests.support import copy_bundle
 
 
 @pytest.fixture(scope="module")

@@ -5,9 +5,9 @@ from __future__ import annotations
 import subprocess
 
 import httpx
-from conftest import copy_bundle, launch
 
 from pneumonia.bundle import KERAS_FILENAME, ONNX_FILENAME
+from tests.support import copy_bundle, launch
 
 
 def test_tampered_onnx_makes_the_server_exit_nonzero_naming_the_checksum(tiny_bundle, tmp_path):

@@ -18,6 +18,8 @@ from training.backbones import (
 )
 from training.config import BACKBONE_NAMES, TrainConfig
 
+pytestmark = pytest.mark.tensorflow  # builds the backbones' Keras graphs
+
 
 @pytest.mark.parametrize("name", sorted(BACKBONES))
 def test_backbone_is_flat_takes_raw_pixels_and_exposes_gradcam_layer(name):

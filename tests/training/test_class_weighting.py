@@ -69,12 +69,14 @@ def _fit(tmp_path: Path, **fields) -> tuple[dict, list[dict]]:
         return summary, list(csv.DictReader(handle))
 
 
+@pytest.mark.tensorflow
 def test_a_backbone_trains_on_resampled_batches_without_a_stress_pass_by_default(tmp_path):
     summary, history = _fit(tmp_path, class_weighting="resample")
     assert summary["epochs_run"] == 1 and len(history) == 1
     assert not any(key.startswith("stress") for key in history[0])
 
 
+@pytest.mark.tensorflow
 def test_stress_auc_is_logged_each_epoch_when_asked(tmp_path):
     from training.stress import PERTURBATIONS
 
