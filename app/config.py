@@ -23,8 +23,12 @@ class Settings(BaseSettings):
     model_dir: Path = Field(default=REPO_ROOT / "models" / "default", description="Bundle directory to serve.")
     max_upload_bytes: int = Field(default=20 * MiB, gt=0, description="Largest accepted request body.")
     max_pixels: int = Field(default=DEFAULT_MAX_PIXELS, gt=0, description="Largest accepted decoded image (w*h).")
-    onnx_intra_op_threads: int = Field(default=1, ge=0)
-    onnx_inter_op_threads: int = Field(default=1, ge=0)
+    onnx_threads: int = Field(
+        default=0,
+        ge=0,
+        description="onnxruntime threads for a request that runs alone (0: every core the container may use); "
+        "requests that overlap others run on one thread each (pneumonia/inference.py)",
+    )
     # Grad-CAM runs in TensorFlow. One thread per explanation, like ONNX Runtime's one per prediction:
     # parallelism comes from concurrent requests. Its ops on one image are small, so a pool costs more than it
     # gives: on 2 cores the /explain map took 10-12 ms with 1/1 threads, 13-15 ms with TensorFlow's default

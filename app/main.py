@@ -46,12 +46,14 @@ and its limitations. Uploads are processed in memory and never stored.
 
 
 def _configure_logging(level: str) -> None:
-    if not log.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        log.addHandler(handler)
-        log.propagate = False
-    log.setLevel(level)
+    """The service's log and the library's (bundle verification, self-test, degraded modes) on stderr."""
+    for logger in (log, logging.getLogger("pneumonia")):
+        if not logger.handlers:
+            handler = logging.StreamHandler(sys.stderr)
+            handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+            logger.addHandler(handler)
+            logger.propagate = False
+        logger.setLevel(level)
 
 
 class RequestContextMiddleware:

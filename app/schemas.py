@@ -51,6 +51,18 @@ class InputCheck(BaseModel):
     mirrored: bool = Field(False, description="True when the upload was flipped back left-right before scoring")
     measurements: dict[str, float] = Field(default_factory=dict, description="The numbers behind each check")
     note: str | None = None
+    population: Literal["inside", "outside", "unchecked"] = Field(
+        "unchecked",
+        description="Whose film: inside the model's population (GET /model `population`), outside it, or unchecked "
+        "(policy off, or a bundle without a population check and no DICOM age)",
+    )
+    age: str = Field("age unknown", description="The patient's age from DICOM tags, in words; 'age unknown' without")
+    population_score: float | None = Field(None, description="P(outside the population) from the learned check")
+    population_threshold: float | None = Field(None, description="Scores above this are outside the population")
+    refusal_code: str | None = Field(
+        None,
+        description="Why it was refused, as an error code: not_a_chest_xray, outside_population, poor_image_quality",
+    )
 
 
 class Prediction(BaseModel):
@@ -185,6 +197,16 @@ class ModelCard(BaseModel):
     adaptation: dict | None = Field(
         description="How this bundle was adapted to a site's unlabeled images; None: not adapted"
     )
+    site_calibration: dict | None = Field(
+        None,
+        description="How the calibration and operating points were re-chosen on a site's labelled sample (the "
+        "thresholds then come from that sample, not validation); None: not site-calibrated",
+    )
+    population: dict | None = Field(
+        None, description="Whose films the model was trained on (ages, views, sites, source); None: not declared"
+    )
+    population_check: dict | None = Field(None, description="The learned population check; None: unavailable")
+    image_quality: dict | None = Field(None, description="The exposure/contrast range accepted; None: unchecked")
     checksums: dict[str, str]
     disclaimer: str = RESEARCH_DISCLAIMER
 
@@ -211,6 +233,10 @@ class ModelCard(BaseModel):
             explanations=explanations,
             input_check=metadata.input_check.model_dump(mode="json") if metadata.input_check else None,
             adaptation=metadata.adaptation.model_dump(mode="json") if metadata.adaptation else None,
+            site_calibration=metadata.site_calibration.model_dump(mode="json") if metadata.site_calibration else None,
+            population=metadata.population.model_dump(mode="json") if metadata.population else None,
+            population_check=metadata.population_check.model_dump(mode="json") if metadata.population_check else None,
+            image_quality=metadata.image_quality.model_dump(mode="json") if metadata.image_quality else None,
             checksums=metadata.checksums.model_dump(mode="json"),
             disclaimer=metadata.disclaimer or RESEARCH_DISCLAIMER,
         )

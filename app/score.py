@@ -28,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     settings = Settings(**({"model_dir": args.model_dir} if args.model_dir else {}))
     try:  # one intra-op thread per worker: the workers are the parallelism (pneumonia.batch.scored_chunks)
-        model = Model.load(settings.model_dir, explain=args.overlays is not None, onnx_threads=(1, 1),
+        model = Model.load(settings.model_dir, explain=args.overlays is not None, onnx_threads=1,
                            tf_threads=(settings.tf_intra_op_threads, settings.tf_inter_op_threads),
                            self_test_tolerance=settings.self_test_tolerance, max_pixels=settings.max_pixels)  # fmt: skip
         resolve_decision(model.metadata, args.operating_point)

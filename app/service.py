@@ -18,6 +18,7 @@ from app.cache import new_prediction_id
 from app.config import Settings
 from app.store import open_store
 from pneumonia.errors import ErrorCode, PneumoniaError
+from pneumonia.explain import OVERLAY_MAX_SIDE
 from pneumonia.input_check import InputCheckResult, Policy
 from pneumonia.labels import Decision
 from pneumonia.model import Explanation, Model, Prediction
@@ -83,14 +84,20 @@ class ModelService:
         return self.model.explain_available
 
     def _analyse_sync(
-        self, data: bytes, decision: Decision, policy: Policy, method: str | None, explain: bool
+        self,
+        data: bytes,
+        decision: Decision,
+        policy: Policy,
+        method: str | None,
+        explain: bool,
+        overlay_max_side: int | None,
     ) -> Prediction | Explanation:
         image = self.model.decode(data)
         assessed = self.model.assess(image, policy, activation=explain)  # one ONNX run, shared with the map
         prediction = self.model.prediction(assessed.image, assessed.probability, assessed.check, decision)
         if not explain:
             return prediction
-        return self.model.explain_scored(prediction, assessed.batch, method, assessed.activation)
+        return self.model.explain_scored(prediction, assessed.batch, method, assessed.activation, overlay_max_side)
 
     # --- async API used by the routes ----------------------------------------------------------------------
     async def analyse(
@@ -101,12 +108,15 @@ class ModelService:
         policy: Policy | None = None,
         explain: bool = False,
         method: str | None = None,
+        overlay_max_side: int | None = OVERLAY_MAX_SIDE,
     ) -> Analysis:
         if explain:
             self.model.require_explanations()
         policy = policy or self.settings.input_check
         async with self.limiter.slot():
-            result = await to_thread.run_sync(self._analyse_sync, data, decision, policy, method, explain)
+            result = await to_thread.run_sync(
+                self._analyse_sync, data, decision, policy, method, explain, overlay_max_side
+            )
         prediction = result.prediction if isinstance(result, Explanation) else result
         explanation = result if isinstance(result, Explanation) else None
         prediction_id = new_prediction_id()
@@ -114,7 +124,11 @@ class ModelService:
         return Analysis(prediction_id, prediction, explanation)
 
     async def explain_cached(
-        self, prediction_id: str, decision: Decision, method: str | None = None
+        self,
+        prediction_id: str,
+        decision: Decision,
+        method: str | None = None,
+        overlay_max_side: int | None = OVERLAY_MAX_SIDE,
     ) -> Analysis | None:
         self.model.require_explanations()
         entry = await self.cache.get(prediction_id)
@@ -123,7 +137,7 @@ class ModelService:
         check = InputCheckResult(**entry.input_check) if entry.input_check else _unchecked()
         prediction = self.model.prediction(entry.image, entry.probability, check, decision)
         async with self.limiter.slot():
-            explanation = await to_thread.run_sync(self.model.explain_prediction, prediction, method)
+            explanation = await to_thread.run_sync(self.model.explain_prediction, prediction, method, overlay_max_side)
         return Analysis(prediction_id, prediction, explanation)
 
 
@@ -141,7 +155,7 @@ def load_model(settings: Settings, observe_inference: Callable[[str, float], Non
     return Model.load(
         settings.model_dir,
         explain=settings.explain_enabled,
-        onnx_threads=(settings.onnx_intra_op_threads, settings.onnx_inter_op_threads),
+        onnx_threads=settings.onnx_threads,
         tf_threads=(settings.tf_intra_op_threads, settings.tf_inter_op_threads),
         self_test_tolerance=settings.self_test_tolerance,
         max_pixels=settings.max_pixels,

@@ -306,10 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     uploads = [Upload.from_file(p) for p in paths]
     raw_uploads = [Upload.raw(p) for p in paths]
     defaults = Settings.model_fields
-    settings = {
-        k: defaults[k].default
-        for k in ("max_concurrency", "max_queue", "onnx_intra_op_threads", "onnx_inter_op_threads")
-    }
+    settings = {k: defaults[k].default for k in ("max_concurrency", "max_queue", "onnx_threads")}
 
     log(f"floor: {args.floor_iterations} calls each")
     floor = measure_floor(bundle, meta, images, args.floor_iterations)

@@ -44,7 +44,7 @@ def _auroc(negatives: np.ndarray, positives: np.ndarray) -> float:
 
 
 def run(bundle: Path, items: list[CorpusItem]) -> dict:
-    model = Model.load(bundle, explain=False, onnx_threads=(1, 1))
+    model = Model.load(bundle, explain=False, onnx_threads=1)
     rows = []
     for item in items:
         image = decode_image(item.data)
@@ -97,7 +97,7 @@ def latency(bundle: Path, data: Path, split: Path, repeats: int = 200) -> dict:
     """p50 of the ONNX run alone vs the whole check + ONNX run, on one validation X-ray (ms)."""
     from training.data import read_split
 
-    model = Model.load(bundle, explain=False, onnx_threads=(1, 1))
+    model = Model.load(bundle, explain=False, onnx_threads=1)
     path = read_split(split, data)["val"][0].path
     image = decode_image(path.read_bytes())
     timings: dict[str, list[float]] = {"resize_and_onnx": [], "check_and_onnx": []}

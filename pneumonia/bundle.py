@@ -21,8 +21,11 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 # 2: adds `input_check` (the out-of-distribution detector and orientation check) and `adaptation`.
-# Version-1 bundles still read: they serve with the input check's detector "unavailable".
-SCHEMA_VERSION: Literal[2] = 2
+# 3: adds `population` (whose films the model was trained on), `population_check` (the learned adult-film
+#    detector) and `image_quality` (the exposure/contrast range of the training films).
+# Older bundles still read: version 1 serves with the input check's detector "unavailable", versions 1-2
+# without the population and quality checks (DICOM tags are still read), and say so in every verdict.
+SCHEMA_VERSION: Literal[3] = 3
 ONNX_FILENAME = "model.onnx"
 KERAS_FILENAME = "model.keras"
 METADATA_FILENAME = "metadata.json"
@@ -151,8 +154,78 @@ class Adaptation(_Strict):
     note: str = ""
 
 
+class SiteCalibration(_Strict):
+    """How the calibration and operating points were re-chosen on a site's labelled sample (`python -m training
+    calibrate`). The served probability is sigmoid(scale * z + bias), z the source bundle's served logit (its own
+    validation calibration, `calibration`, stays baked in underneath). Metrics are measured on the site's sample:
+    `before` at the source's thresholds, `after` at the new ones on the same images (in-sample, so optimistic),
+    `cross_validated` the whole procedure re-run on k-1 folds and judged on the held-out fold."""
+
+    method: str
+    calibration: str = Field(description="'bias' (the Platt bias alone, scale 1) or 'full' (scale and bias).")
+    source_bundle: str
+    source_version: str
+    n_normal: int = Field(ge=1)
+    n_pneumonia: int = Field(ge=1)
+    images_sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="SHA-256 over the sorted image SHA-256s.")
+    calibrated_at: datetime
+    refused: int = Field(0, ge=0, description="Images left out: refused by the input check or unreadable.")
+    scale: float = Field(gt=0.0)
+    bias: float
+    prevalence: float = Field(gt=0.0, lt=1.0, description="Share of PNEUMONIA the probability is calibrated to.")
+    roc_auc: Estimate
+    before: dict[str, dict[str, Estimate]] = Field(description="Operating point -> metric, source thresholds.")
+    after: dict[str, dict[str, Estimate]] = Field(description="Operating point -> metric, new thresholds.")
+    cross_validated: dict[str, dict[str, Estimate]] = Field(default_factory=dict)
+    warnings: list[str] = Field(default_factory=list)
+    note: str = ""
+
+
+class Population(_Strict):
+    """Whose chest films the model learned from: the population its answers are about, and nothing wider."""
+
+    age_min_years: float = Field(ge=0.0, description="Youngest patient age in the training data, in years.")
+    age_max_years: float = Field(
+        ge=0.0, description="Oldest age in whole years (5 covers children up to their sixth birthday)."
+    )
+    views: list[str] = Field(min_length=1, description="DICOM ViewPosition values of the training films, e.g. AP.")
+    modality: str = Field(description="What the films are, in words (DICOM Modality CR/DX: projection radiographs).")
+    sites: int = Field(ge=1, description="Number of hospitals the training films came from.")
+    source: str = Field(description="The dataset and where it came from.")
+
+    def covers_age(self, years: float) -> bool:
+        return self.age_min_years <= years < self.age_max_years + 1
+
+
+class PopulationCheckSpec(_Strict):
+    """The learned check that a film is of the training population (pneumonia/population.py reads it)."""
+
+    filename: str = "population_check.npz"
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    threshold: float = Field(description="P(outside the population) above which a film is flagged.")
+    fitted_on: str
+    threshold_chosen_on: str
+    validation_acceptance: float = Field(ge=0.0, le=1.0, description="Share of clean validation films accepted.")
+    held_out: dict[str, float] = Field(
+        default_factory=dict,
+        description="Share of each adult collection flagged when the check was fitted without it (generalisation).",
+    )
+    method: str
+
+
+class ImageQualitySpec(_Strict):
+    """The exposure and contrast range of the training films, measured on the model input (0..255 gray)."""
+
+    min_dynamic_range: float = Field(description="Lowest 5th-95th percentile spread accepted, in gray levels.")
+    min_mean: float
+    max_mean: float
+    measured_on: str
+    action: Literal["refuse", "warn"] = Field(description="What a film outside the range gets, chosen by evidence.")
+    evidence: str
+
+
 class BundleMetadata(_Strict):
-    schema_version: Literal[1, 2] = SCHEMA_VERSION
+    schema_version: Literal[1, 2, 3] = SCHEMA_VERSION
     name: str = Field(description="Human-readable model name, e.g. 'mobilenetv2-192'.")
     version: str
     backbone: str
@@ -182,9 +255,13 @@ class BundleMetadata(_Strict):
     checksums: FileChecksums
     input_check: InputCheckSpec | None = Field(default=None, description="None in bundles before schema 2.")
     adaptation: Adaptation | None = None
+    site_calibration: SiteCalibration | None = None
     explain_activation: ExplainActivation | None = Field(
         default=None, description="None (bundles exported before it): /explain runs model.keras from the input."
     )
+    population: Population | None = Field(default=None, description="None in bundles before schema 3.")
+    population_check: PopulationCheckSpec | None = Field(default=None, description="None before schema 3.")
+    image_quality: ImageQualitySpec | None = Field(default=None, description="None before schema 3.")
 
     @model_validator(mode="after")
     def _default_point_exists(self) -> BundleMetadata:

@@ -8,6 +8,7 @@ Training decodes every image through these same two functions, so serving cannot
 
 from __future__ import annotations
 
+import datetime
 import io
 import os
 import struct
@@ -90,6 +91,21 @@ class ImageShapeError(ImageInputError):
 
 
 @dataclass(frozen=True)
+class DicomTags:
+    """The acquisition attributes of a DICOM upload that the input check reads (pneumonia.population).
+
+    No patient identifier is kept: the birth date is reduced to an age here and dropped, and the age itself is
+    a number of years. None means the tag was absent or unreadable ("unknown" in the verdict, never a reason).
+    """
+
+    modality: str | None = None
+    view_position: str | None = None
+    body_part: str | None = None
+    age_years: float | None = None
+    age_source: str | None = None  # "PatientAge" or "PatientBirthDate and StudyDate" (names, never values)
+
+
+@dataclass(frozen=True)
 class DecodedImage:
     """An 8-bit grayscale image as decoded from the upload, before resizing."""
 
@@ -97,6 +113,7 @@ class DecodedImage:
     source_format: str  # "JPEG", "PNG" or "DICOM"
     warnings: tuple[str, ...] = field(default=())
     colour_deviation: float = 0.0  # mean channel spread of a colour upload (0 for grayscale); pneumonia.input_check
+    dicom: DicomTags | None = None  # DICOM uploads only
 
     @property
     def height(self) -> int:
@@ -182,7 +199,11 @@ def _decode_pillow(data: bytes, max_pixels: int) -> DecodedImage:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data), formats=PIL_FORMATS)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageTooLargeError(f"The image declares too many pixels: {exc}") from exc
+        # Pillow's own text names its limit and a "DOS attack"; the caller needs this service's limit
+        raise ImageTooLargeError(
+            f"The image declares more pixels than Pillow will decode safely; the limit here is {max_pixels:,} "
+            "pixels (width x height). Downscale it first."
+        ) from exc
     except UnidentifiedImageError as exc:
         if data.startswith((PNG_MAGIC, JPEG_MAGIC)):
             kind = "PNG" if data.startswith(PNG_MAGIC) else "JPEG"
@@ -297,7 +318,54 @@ def _decode_dicom_dataset(data: bytes, max_pixels: int) -> DecodedImage:
     if values.ndim != 2:
         raise CorruptImageError(f"Unexpected DICOM pixel array shape {values.shape}.")
     return DecodedImage(
-        pixels=_stretch_to_uint8(values), source_format="DICOM", warnings=tuple(notes), colour_deviation=deviation
+        pixels=_stretch_to_uint8(values),
+        source_format="DICOM",
+        warnings=tuple(notes),
+        colour_deviation=deviation,
+        dicom=read_dicom_tags(dataset),
+    )
+
+
+_AGE_UNITS = {"D": 1 / 365.25, "W": 7 / 365.25, "M": 1 / 12, "Y": 1.0}
+_DATE_TAGS = ("StudyDate", "AcquisitionDate", "ContentDate", "SeriesDate")
+
+
+def _text(dataset, keyword: str) -> str | None:
+    try:
+        value = str(dataset.get(keyword, "") or "").strip().upper()
+    except Exception:  # pydicom decodes lazily: a damaged element must not fail the upload over a tag
+        return None
+    return value or None
+
+
+def parse_age_string(value: str | None) -> float | None:
+    """DICOM AS ("045Y", "006M", "010W", "003D") -> years; None when absent or malformed."""
+    if not value or len(value) != 4 or not value[:3].isdigit() or value[3] not in _AGE_UNITS:
+        return None
+    return int(value[:3]) * _AGE_UNITS[value[3]]
+
+
+def _parse_date(value: str | None) -> datetime.date | None:
+    try:
+        return datetime.datetime.strptime(value[:8], "%Y%m%d").date() if value else None
+    except ValueError:
+        return None
+
+
+def read_dicom_tags(dataset) -> DicomTags:
+    """Modality, view, body part and the patient's age (from PatientAge, else birth date and a study date)."""
+    age, source = parse_age_string(_text(dataset, "PatientAge")), "PatientAge"
+    if age is None:
+        born = _parse_date(_text(dataset, "PatientBirthDate"))
+        taken = next((d for d in (_parse_date(_text(dataset, t)) for t in _DATE_TAGS) if d is not None), None)
+        if born is not None and taken is not None and taken >= born:
+            age, source = (taken - born).days / 365.25, "PatientBirthDate and StudyDate"
+    return DicomTags(
+        modality=_text(dataset, "Modality"),
+        view_position=_text(dataset, "ViewPosition"),
+        body_part=_text(dataset, "BodyPartExamined"),
+        age_years=None if age is None else round(age, 2),
+        age_source=None if age is None else source,
     )
 
 

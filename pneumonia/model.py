@@ -34,7 +34,7 @@ from pneumonia.bundle import (
     verify_file,
 )
 from pneumonia.errors import ErrorCode, PneumoniaError
-from pneumonia.explain.explainer import ExplanationResult
+from pneumonia.explain.explainer import OVERLAY_MAX_SIDE, ExplanationResult
 from pneumonia.imaging import DEFAULT_MAX_PIXELS, DecodedImage, ImageInputError, decode_image, to_model_input
 from pneumonia.inference import OnnxClassifier
 from pneumonia.input_check import InputChecker, InputCheckResult, Policy, load_checker
@@ -155,7 +155,7 @@ class Model:
         bundle_dir: str | os.PathLike[str],
         *,
         explain: bool = True,
-        onnx_threads: tuple[int, int] = (0, 0),
+        onnx_threads: int = 0,
         tf_threads: tuple[int, int] = (0, 0),
         self_test_tolerance: float = PARITY_TOLERANCE,
         max_pixels: int = DEFAULT_MAX_PIXELS,
@@ -164,7 +164,8 @@ class Model:
         """Read, verify and self-test a bundle directory; raises `BundleError` when it cannot be served.
 
         `explain=False` skips TensorFlow (about a second and several hundred MiB): predictions only.
-        `onnx_threads`/`tf_threads`: (intra-op, inter-op) pool sizes, 0 for the library's default.
+        `onnx_threads`: onnxruntime threads of a lone run (0: every available core; overlapping runs use one).
+        `tf_threads`: TensorFlow's (intra-op, inter-op) pool sizes for explanations, 0 for its default.
         `observe(kind, seconds)` is called after every model run ("predict" or "explain"), e.g. for metrics.
         """
         bundle_dir = Path(bundle_dir)
@@ -174,17 +175,15 @@ class Model:
         onnx_path = verify_file(bundle_dir, ONNX_FILENAME, metadata.checksums.onnx_sha256)
         if (bundle_dir / KERAS_FILENAME).is_file():  # verify both checksums before the slow TensorFlow import
             verify_file(bundle_dir, KERAS_FILENAME, metadata.checksums.keras_sha256)
-        classifier = OnnxClassifier(
-            onnx_path, metadata, intra_op_threads=onnx_threads[0], inter_op_threads=onnx_threads[1]
-        )
-        checker = load_checker(bundle_dir, metadata.input_check)
+        classifier = OnnxClassifier(onnx_path, metadata, threads=onnx_threads)
+        checker = load_checker(bundle_dir, metadata)
         if checker.model is None:
             log.warning("input check: %s", checker.unavailable_reason)
         keras_model, explainer, reason = _load_explainer(bundle_dir, metadata, explain, tf_threads)
         report = self_test(classifier, metadata, keras_model, explainer, self_test_tolerance)
         log.info("self-test passed: %s", ", ".join(f"{k}={v:.6g}" for k, v in report.items()))
-        if reason:
-            log.info("serving without explanations: %s", reason)
+        if reason and explain:  # asked for and unavailable: worth a warning (explain=False is a choice, not news)
+            log.warning("serving without explanations: %s", reason)
         return cls(bundle_dir, metadata, classifier, checker, explainer, explain_unavailable_reason=reason,
                    max_pixels=max_pixels, observe=observe)  # fmt: skip
 
@@ -233,18 +232,22 @@ class Model:
         operating_point: str | None = None,
         threshold: float | None = None,
         policy: Policy = "refuse",
+        overlay_max_side: int | None = OVERLAY_MAX_SIDE,
     ) -> Explanation:
-        """`predict`, plus the saliency map of the predicted class (`method`: default the bundle's)."""
+        """`predict`, plus the saliency map of the predicted class (`method`: default the bundle's). The overlay
+        is at most `overlay_max_side` pixels on its longer side (None: the image's own size)."""
         self.require_explanations()
         decision = resolve_decision(self.metadata, operating_point, threshold)
         assessed = self.assess(self.decode(image), policy, activation=True)
         prediction = self.prediction(assessed.image, assessed.probability, assessed.check, decision)
-        return self.explain_scored(prediction, assessed.batch, method, assessed.activation)
+        return self.explain_scored(prediction, assessed.batch, method, assessed.activation, overlay_max_side)
 
-    def explain_prediction(self, prediction: Prediction, method: str | None = None) -> Explanation:
+    def explain_prediction(
+        self, prediction: Prediction, method: str | None = None, overlay_max_side: int | None = OVERLAY_MAX_SIDE
+    ) -> Explanation:
         """The map for an earlier prediction (its image as scored and its threshold), without re-checking it."""
         self.require_explanations()
-        return self.explain_scored(prediction, self._model_input(prediction.image), method, None)
+        return self.explain_scored(prediction, self._model_input(prediction.image), method, None, overlay_max_side)
 
     def predict_many(
         self,
@@ -323,15 +326,21 @@ class Model:
         return warnings
 
     def explain_scored(
-        self, prediction: Prediction, batch: np.ndarray, method: str | None, activation: np.ndarray | None
+        self,
+        prediction: Prediction,
+        batch: np.ndarray,
+        method: str | None,
+        activation: np.ndarray | None,
+        overlay_max_side: int | None = OVERLAY_MAX_SIDE,
     ) -> Explanation:
         """The map for the predicted class (NORMAL: the evidence for NORMAL)."""
         if self.explainer is None:
             raise ExplainUnavailableError(self.explain_unavailable_reason or "Explanations are not available.")
         started = time.perf_counter()
         result: ExplanationResult = self.explainer.explain(
-            prediction.image.pixels, batch, prediction.label, method, activation=activation
-        )
+            prediction.image.pixels, batch, prediction.label, method, activation=activation,
+            overlay_max_side=overlay_max_side,
+        )  # fmt: skip
         self.observe("explain", time.perf_counter() - started)
         return Explanation(prediction, result.values, result.png, result.method, result.layers, prediction.label)
 

@@ -38,9 +38,17 @@ def png_variants(gray: np.ndarray) -> dict[str, bytes]:
 
 
 def dicom(
-    stored: np.ndarray, photometric: str, *, slope: float, intercept: float, center: float, width: float
+    stored: np.ndarray,
+    photometric: str,
+    *,
+    slope: float,
+    intercept: float,
+    center: float,
+    width: float,
+    **tags: str,
 ) -> bytes:
-    """A minimal valid DICOM file (explicit VR little endian) with 12-bit unsigned pixels."""
+    """A minimal valid DICOM file (explicit VR little endian) with 12-bit unsigned pixels; `tags` set further
+    attributes by keyword (PatientAge="045Y", ViewPosition="LL", Modality="CT", ...)."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
@@ -61,6 +69,8 @@ def dicom(
     ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
     ds.WindowCenter, ds.WindowWidth = center, width
     ds.PixelData = stored.astype("<u2").tobytes()
+    for keyword, value in tags.items():
+        setattr(ds, keyword, value)
     buffer = io.BytesIO()
     ds.save_as(buffer, enforce_file_format=True)
     return buffer.getvalue()

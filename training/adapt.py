@@ -21,21 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
-from pneumonia.bundle import (
-    KERAS_FILENAME,
-    ONNX_FILENAME,
-    Adaptation,
-    BundleError,
-    BundleMetadata,
-    FileChecksums,
-    read_metadata,
-    sha256_file,
-    utc_now,
-    verify_file,
-)
+from pneumonia.bundle import SCHEMA_VERSION, Adaptation, BundleMetadata, utc_now
 from pneumonia.imaging import ImageInputError, decode_image, to_model_input
 from pneumonia.imaging import find_images as find_relative_images
 from pneumonia.input_check import load_checker
+from training.derive import DerivedModels, derive_bundle, read_source
 from training.errors import TrainingError
 
 log = logging.getLogger(__name__)
@@ -65,7 +55,7 @@ def find_images(folder: Path) -> list[Path]:
 
 def read_site_images(bundle_dir: Path, metadata: BundleMetadata, folder: Path) -> SiteImages:
     """Decode, check and prepare every image; skipped ones are reported with their reason."""
-    checker = load_checker(bundle_dir, metadata.input_check)
+    checker = load_checker(bundle_dir, metadata)
     size = metadata.input_size
     images, hashes, skipped = [], [], []
     for path in find_images(folder):
@@ -117,27 +107,9 @@ def adapt_batchnorm(model, images: np.ndarray, batch_size: int = BATCH_SIZE) -> 
 
 
 def adapt_bundle(bundle_dir: Path, folder: Path, out_dir: Path, *, min_images: int = DEFAULT_MIN_IMAGES) -> Path:
-    import keras
-
-    from training.export import (
-        PARITY_IMAGES,
-        convert_to_onnx,
-        parity_check,
-        served_model,
-        staged_bundle,
-        write_bundle_metadata,
-    )
-
-    bundle_dir, out_dir = Path(bundle_dir), Path(out_dir)
-    if out_dir.resolve() == bundle_dir.resolve():
-        raise AdaptError("--out must differ from --bundle: the source bundle is never modified")
-    try:
-        metadata = read_metadata(bundle_dir)
-        verify_file(bundle_dir, ONNX_FILENAME, metadata.checksums.onnx_sha256)
-        keras_path = verify_file(bundle_dir, KERAS_FILENAME, metadata.checksums.keras_sha256)
-    except BundleError as exc:
-        raise AdaptError(f"invalid source bundle: {exc}") from exc
-    site = read_site_images(bundle_dir, metadata, folder)
+    source = read_source(bundle_dir, out_dir, AdaptError)
+    metadata = source.metadata
+    site = read_site_images(source.path, metadata, folder)
     for path, reason in site.skipped:
         log.warning("skipped %s: %s", path, reason)
     if len(site.images) < min_images:
@@ -145,27 +117,19 @@ def adapt_bundle(bundle_dir: Path, folder: Path, out_dir: Path, *, min_images: i
             f"{folder}: {len(site.images)} usable chest X-rays, fewer than --min-images {min_images} "
             f"({len(site.skipped)} skipped); nothing was written"
         )
-    keep = lambda name: name not in (ONNX_FILENAME, KERAS_FILENAME)  # noqa: E731 - both are rewritten
-    with staged_bundle(out_dir, bundle_dir, keep=keep) as staging:
-        model = keras.models.load_model(keras_path, compile=False)
+    layers_adapted = 0
+
+    def change(model) -> None:
+        nonlocal layers_adapted
         layers_adapted = adapt_batchnorm(model, site.images)
-        model.save(staging / KERAS_FILENAME)
-        # the source's served form: a schema-1 source has neither the statistics nor the activation outputs
-        served, explain_activation = served_model(model) if metadata.input_check else (model, None)
-        input_name, output_name = convert_to_onnx(served, metadata.input_size[0], staging / ONNX_FILENAME)
-        difference = parity_check(staging / ONNX_FILENAME, model, site.images[:PARITY_IMAGES])
-        adapted = metadata.model_copy(
+
+    def adapted(derived: DerivedModels, model) -> BundleMetadata:
+        return metadata.model_copy(
             update={
-                "schema_version": 2,
+                **derived.update,
+                "schema_version": SCHEMA_VERSION,
                 "name": f"{metadata.name}-adapted",
                 "version": f"{metadata.version}+adabn.{utc_now():%Y%m%d%H%M%S}",
-                "onnx_input_name": input_name,
-                "onnx_output_name": output_name,
-                "explain_activation": explain_activation,
-                "checksums": FileChecksums(
-                    onnx_sha256=sha256_file(staging / ONNX_FILENAME),
-                    keras_sha256=sha256_file(staging / KERAS_FILENAME),
-                ),
                 "adaptation": Adaptation(
                     method=ADABN_METHOD,
                     source_bundle=f"{metadata.name} {metadata.version}",
@@ -175,12 +139,12 @@ def adapt_bundle(bundle_dir: Path, folder: Path, out_dir: Path, *, min_images: i
                     adapted_at=utc_now(),
                     skipped=len(site.skipped),
                     note=(
-                        f"{layers_adapted} BatchNorm layers re-estimated; ONNX/Keras parity {difference:.1e}. "
-                        "Calibration, operating points and the input check's thresholds come from the unadapted "
+                        f"{layers_adapted} BatchNorm layers re-estimated; ONNX/Keras parity {derived.parity:.1e}. "
+                        "Calibration, operating points and the input and population checks' thresholds come from the unadapted "
                         "model's validation split: the validation metrics below describe the source model."
                     ),
                 ),
             }
         )
-        write_bundle_metadata(staging, adapted)
-    return out_dir
+
+    return derive_bundle(source, out_dir, change, site.images, adapted)

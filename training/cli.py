@@ -183,6 +183,10 @@ def add_export(sub: argparse._SubParsersAction) -> None:
     export.add_argument(
         "--force", action="store_true", help="export a model near chance on validation (ROC-AUC < 0.6) anyway"
     )
+    export.add_argument(
+        "--adults",
+        help="folder with nih/ and ieee8023/ adult films: also fit the population check and image-quality range",
+    )
     export.set_defaults(func=cmd_export)
 
 
@@ -197,6 +201,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         operating_point=args.operating_point,
         parity_tolerance=args.parity_tolerance,
         force=args.force,
+        adult_dir=Path(args.adults) if args.adults else None,
     )
     print(f"bundle written to {bundle}")
     return 0
@@ -231,6 +236,47 @@ def cmd_input_check(args: argparse.Namespace) -> int:
     out = Path(args.out or args.bundle)
     bundle = export.add_input_check(Path(args.bundle), Path(args.data), Path(args.split), out)
     print(f"bundle with input check written to {bundle}")
+    return 0
+
+
+# ---- population-check ----
+
+
+def add_population_check(sub: argparse._SubParsersAction) -> None:
+    check = sub.add_parser(
+        "population-check",
+        help="declare a bundle's population and fit its population check (training films against adult films of "
+        "two collections) and image-quality range; writes a schema-3 bundle",
+    )
+    check.add_argument("--bundle", required=True, help="bundle directory to start from (schema 2); required")
+    check.add_argument("--split", required=True, help="split.csv the bundle was trained with; required")
+    check.add_argument("--data", required=True, help="dataset root the split's paths resolve against; required")
+    check.add_argument(
+        "--adults", required=True, help="folder with nih/ and ieee8023/ adult films and their tables; required"
+    )
+    check.add_argument("--out", help="bundle directory to write (default: replace --bundle once complete)")
+    check.add_argument("--evidence", help="folder for the generalisation and external-test numbers (population.json)")
+    check.add_argument(
+        "--population",
+        help="JSON file with the population record (age_min_years, age_max_years, views, modality, sites, source); "
+        "default: known from the bundle's dataset",
+    )
+    check.set_defaults(func=cmd_population_check)
+
+
+def cmd_population_check(args: argparse.Namespace) -> int:
+    from training import export
+
+    _setup_logging(None)
+    out = Path(args.out or args.bundle)
+    from pneumonia.bundle import Population
+
+    declared = Population.model_validate_json(Path(args.population).read_text()) if args.population else None
+    bundle = export.add_population_check(
+        Path(args.bundle), Path(args.data), Path(args.split), Path(args.adults), out, declared=declared,
+        evidence_dir=Path(args.evidence) if args.evidence else None,
+    )  # fmt: skip
+    print(f"bundle with population check written to {bundle}")
     return 0
 
 
@@ -269,6 +315,114 @@ def cmd_adapt(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- site-report and calibrate ----
+
+
+def _add_site_images(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--images",
+        required=True,
+        help="folder with NORMAL/ and PNEUMONIA/ (searched recursively), or the root --labels paths are relative to; "
+        "required",
+    )
+    parser.add_argument(
+        "--labels", help="CSV with the columns path,label (NORMAL/PNEUMONIA or 0/1) instead of class folders"
+    )
+
+
+def add_site_report(sub: argparse._SubParsersAction) -> None:
+    from training.site_report import BOOTSTRAP, GALLERY
+
+    report = sub.add_parser(
+        "site-report",
+        help="how a bundle does on a site's labelled X-rays: metrics with intervals, plots, error gallery, verdict",
+        description="Read-only: scores the images through the served path (input check under refuse) and writes "
+        "report.html (opens offline), report.md and report.json to --out.",
+    )
+    report.add_argument("--bundle", required=True, help="bundle directory; required")
+    _add_site_images(report)
+    report.add_argument("--out", required=True, help="report folder to write; required")
+    report.add_argument(
+        "--gallery", type=int, default=GALLERY, help=f"false positives and negatives shown, each (default: {GALLERY})"
+    )
+    report.add_argument(
+        "--bootstrap", type=int, default=BOOTSTRAP, help=f"bootstrap samples of the ROC-AUC (default: {BOOTSTRAP})"
+    )
+    report.set_defaults(func=cmd_site_report)
+
+
+def cmd_site_report(args: argparse.Namespace) -> int:
+    from training.site_report import site_report
+
+    _setup_logging(None)
+    report = site_report(Path(args.bundle), Path(args.images), Path(args.out), labels=_optional_path(args.labels),
+                         gallery=args.gallery, bootstrap=args.bootstrap)  # fmt: skip
+    print(report.data["verdict"])
+    print(f"site report written to {Path(args.out) / 'report.html'}")
+    return 0
+
+
+def _optional_path(value: str | None) -> Path | None:
+    return Path(value) if value else None
+
+
+def add_calibrate(sub: argparse._SubParsersAction) -> None:
+    from training.calibrate import DEFAULT_MIN_PER_CLASS
+    from training.recalibrate import CALIBRATIONS, DEFAULT_CALIBRATION, DEFAULT_METHOD, METHODS, describe
+    from training.site_report import GALLERY
+
+    calibrate = sub.add_parser(
+        "calibrate",
+        help="re-fit the calibration and re-choose every operating point on a site's labelled X-rays",
+        description="Writes a new bundle (the source is never modified) whose operating points keep their names "
+        "and rules, with thresholds from the site's sample, and the site report before and after next to it.",
+        epilog="methods:\n" + "\n".join(f"  {m}: {describe(m)}" for m in METHODS),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    calibrate.add_argument("--bundle", required=True, help="source bundle directory; required")
+    _add_site_images(calibrate)
+    calibrate.add_argument("--out", required=True, help="bundle directory to write (must differ from --bundle)")
+    calibrate.add_argument(
+        "--min-per-class",
+        type=int,
+        default=DEFAULT_MIN_PER_CLASS,
+        help=f"refuse with fewer usable images of either class (default: {DEFAULT_MIN_PER_CLASS})",
+    )
+    calibrate.add_argument(
+        "--method", choices=METHODS, default=DEFAULT_METHOD, help=f"threshold method (default: {DEFAULT_METHOD})"
+    )
+    calibrate.add_argument(
+        "--calibration",
+        choices=CALIBRATIONS,
+        default=DEFAULT_CALIBRATION,
+        help=f"Platt fit: the bias alone, or scale and bias (default: {DEFAULT_CALIBRATION})",
+    )
+    calibrate.add_argument("--report", help="site report folder (default: OUT-site-report next to --out)")
+    calibrate.add_argument(
+        "--gallery", type=int, default=GALLERY, help=f"false positives and negatives shown, each (default: {GALLERY})"
+    )
+    calibrate.set_defaults(func=cmd_calibrate)
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from training.calibrate import calibrate_bundle
+
+    _setup_logging(None)
+    result = calibrate_bundle(
+        Path(args.bundle), Path(args.images), Path(args.out), labels=_optional_path(args.labels),
+        min_per_class=args.min_per_class, method=args.method, calibration=args.calibration,
+        report_dir=_optional_path(args.report), gallery=args.gallery,
+    )  # fmt: skip
+    print(f"calibrated bundle written to {result.bundle}; site reports in {result.report}")
+    for name in result.fit.points:
+        b, a = result.record.before[name], result.record.after[name]
+        print(
+            f"  {name}: sensitivity {b['sensitivity'].value:.3f} -> {a['sensitivity'].value:.3f}, "
+            f"specificity {b['specificity'].value:.3f} -> {a['specificity'].value:.3f} (on the sample)"
+        )
+    return 0
+
+
 # ---- publish ----
 
 
@@ -295,7 +449,10 @@ COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
     add_evaluate,
     add_export,
     add_input_check,
+    add_population_check,
     add_adapt,
+    add_site_report,
+    add_calibrate,
     add_publish,
 )
 

@@ -31,6 +31,7 @@ from pneumonia.bundle import (
     InputCheckSpec,
     LogitCalibration,
     OperatingPoint,
+    Population,
     Preprocessing,
     SplitMetrics,
     sha256_file,
@@ -38,7 +39,8 @@ from pneumonia.bundle import (
     write_metadata,
 )
 from pneumonia.input_check import INPUT_CHECK_FILENAME, STATISTICS_OUTPUT_PREFIX
-from training import layout, ood, provenance
+from pneumonia.population import population_words
+from training import layout, ood, population, provenance
 from training.backbones import BACKBONES, LOGIT_LAYER
 from training.config import TrainConfig
 from training.data import decode_samples
@@ -274,8 +276,10 @@ def export_bundle(
     operating_point: str | None = None,
     parity_tolerance: float = PARITY_TOLERANCE,
     force: bool = False,
+    adult_dir: Path | None = None,
 ) -> Path:
-    """Write the bundle of one model of a run: staged, parity-checked, then moved into place."""
+    """Write the bundle of one model of a run: staged, parity-checked, then moved into place. `adult_dir`
+    (nih/ and ieee8023/): also fit the population check and the image-quality range (schema 3)."""
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     run = read_run_model(run_dir, model_name)
     points = {p["name"]: OperatingPoint.model_validate(p) for p in run.evaluation["operating_points"]}
@@ -300,7 +304,17 @@ def export_bundle(
             checksums=checksums,
             created_at=utc_now(),
         )
-        write_bundle_metadata(staging, metadata.model_copy(update={"input_check": input_check}))
+        metadata = metadata.model_copy(
+            update={"input_check": input_check, "population": population.declared_population(metadata.data.dataset)}
+        )
+        write_bundle_metadata(staging, metadata)
+        if adult_dir is not None:
+            spec, quality, _ = population.fit_population_check(
+                staging, split["train"], split["val"], adult_dir, staging
+            )
+            write_bundle_metadata(
+                staging, metadata.model_copy(update={"population_check": spec, "image_quality": quality})
+            )
     return out_dir
 
 
@@ -374,7 +388,9 @@ def add_input_check(
     split = read_split(split_path, data_dir)
     if not split["train"] or not split["val"]:
         raise ExportError(f"{split_path}: needs training and validation rows")
-    keep = lambda name: name != ONNX_FILENAME and not name.endswith(".npz")  # noqa: E731 - both are rewritten
+    # model.onnx and the input check are rewritten; the population check reads the same statistics outputs of
+    # the same model.keras, so it stays valid and is kept
+    keep = lambda name: name not in (ONNX_FILENAME, INPUT_CHECK_FILENAME)  # noqa: E731
     with staged_bundle(out_dir, bundle_dir, keep=keep) as staging:
         model = keras.models.load_model(staging / KERAS_FILENAME, compile=False)
         served, explain_activation = served_model(model)
@@ -385,7 +401,7 @@ def add_input_check(
         input_check = write_input_check(staging, split["train"], split["val"], size, seed)
         updated = metadata.model_copy(
             update={
-                "schema_version": 2,
+                "schema_version": max(2, metadata.schema_version),
                 "onnx_input_name": input_name,
                 "onnx_output_name": output_name,
                 "input_check": input_check,
@@ -397,6 +413,53 @@ def add_input_check(
             }
         )
         write_bundle_metadata(staging, updated)
+    return out_dir
+
+
+def add_population_check(
+    bundle_dir: Path,
+    data_dir: Path,
+    split_path: Path,
+    adult_dir: Path,
+    out_dir: Path,
+    *,
+    declared: Population | None = None,
+    evidence_dir: Path | None = None,
+) -> Path:
+    """Bring a schema-2 bundle to schema 3: declare its population (`declared`, else known from its dataset's
+    name), fit the population check and the image-quality range on its recorded split against the adult films,
+    and write the bundle to `out_dir` (staged; the models are not changed). `evidence_dir`: also write the
+    generalisation and external-test numbers there."""
+    from pneumonia.bundle import read_metadata
+    from training.data import read_split
+
+    metadata = read_metadata(bundle_dir)
+    if metadata.input_check is None:
+        raise ExportError(f"{bundle_dir}: schema {metadata.schema_version} has no input check; run input-check first")
+    declared = declared or metadata.population or population.declared_population(metadata.data.dataset)
+    if declared is None:
+        raise ExportError(
+            f"{bundle_dir}: the population of {metadata.data.dataset!r} is not known here; give it with --population"
+        )
+    split = read_split(split_path, data_dir)
+    if not split["train"] or not split["val"]:
+        raise ExportError(f"{split_path}: needs training and validation rows")
+    keep = lambda name: name != population.POPULATION_CHECK_FILENAME  # noqa: E731 - it is rewritten
+    with staged_bundle(out_dir, bundle_dir, keep=keep) as staging:
+        spec, quality, evidence = population.fit_population_check(
+            bundle_dir, split["train"], split["val"], adult_dir, staging
+        )
+        updated = metadata.model_copy(
+            update={
+                "schema_version": 3,
+                "population": declared,
+                "population_check": spec,
+                "image_quality": quality,
+            }
+        )
+        write_bundle_metadata(staging, updated)
+    if evidence_dir is not None:
+        population.write_evidence(evidence_dir, evidence)
     return out_dir
 
 
@@ -443,6 +506,36 @@ def _estimate(metrics: dict, key: str) -> str:
     return f"{e.value:.3f}" if e.ci_low is None else f"{e.value:.3f} (95% CI {e.ci_low:.3f}-{e.ci_high:.3f})"
 
 
+def population_section(metadata: BundleMetadata) -> str:
+    """Whose films the model knows, and what the service does with the others (schema 3)."""
+    population, check, quality = metadata.population, metadata.population_check, metadata.image_quality
+    if population is None:
+        return (
+            "This bundle does not declare its population (schema < 3): only DICOM tags are checked. The shipped "
+            "model's training films are of children aged 1-5 at one hospital; its answers on adult films mean nothing."
+        )
+    lines = [
+        f"Trained on {population_words(population)}: {population.modality}, views {'/'.join(population.views)}; "
+        f"source: {population.source}. The model does not cover adults, and unseen pediatric sites are untested.",
+        "A DICOM film whose PatientAge (or birth and study dates) lies outside that range is refused as "
+        "`outside_population`; a lateral view, another body part or another modality as `not_a_chest_xray`.",
+    ]
+    if check is not None:
+        held_out = "; ".join(f"{name}: {share:.1%} flagged" for name, share in check.held_out.items())
+        lines.append(
+            f"A learned check flags films outside the population for every format. Method: {check.method}. Fitted "
+            f"on {check.fitted_on}; threshold {check.threshold:.3f} chosen on {check.threshold_chosen_on}, accepting "
+            f"{check.validation_acceptance:.1%} of them. On an adult collection it was not fitted on: {held_out}."
+        )
+    if quality is not None:
+        lines.append(
+            f"Image quality: films with a 5th-95th percentile spread below {quality.min_dynamic_range:.0f} gray levels "
+            f"or a mean outside {quality.min_mean:.0f}-{quality.max_mean:.0f} ({quality.measured_on}) are "
+            f"{'refused' if quality.action == 'refuse' else 'answered with a warning'} ({quality.evidence})."
+        )
+    return "\n\n".join(lines)
+
+
 def model_card(metadata: BundleMetadata) -> str:
     """A Markdown model card generated from the metadata alone, so the two cannot disagree."""
     v = metadata.validation
@@ -483,11 +576,12 @@ validation split; they were not re-measured on the adapted site.
         f"Images that are not frontal chest X-rays are refused by default (HTTP 422 `not_a_chest_xray`). "
         f"Method: {check.method}. Fitted on {check.fitted_on}; threshold {check.threshold:.3f} chosen on "
         f"{check.threshold_chosen_on}, accepting {check.validation_acceptance:.1%} of them. "
-        "It cannot tell adult from pediatric films, nor catch every lateral film or other radiograph; "
-        "see results/ood for what it catches."
+        "It does not catch every lateral film or other radiograph; see results/ood for what it catches, and "
+        "the Population section for adult films."
         if check
         else "This bundle has no fitted input check (schema 1): the service reports the detector as unavailable."
     )
+    population_md = population_section(metadata)
     data = metadata.data
     content = f" Content SHA-256 of its {data.files} images: `{data.content_sha256}`." if data.content_sha256 else ""
     return f"""# Model card: {metadata.name}
@@ -518,8 +612,8 @@ Measured on {v.n_images} validation images ({v.n_positive} PNEUMONIA), 95% strat
 
 Confusion matrix: TN {tn}, FP {fp}, FN {fn}, TP {tp}.
 
-## Operating points (all chosen on validation)
-| Name | Threshold | Val sensitivity | Val specificity | Rule |
+## Operating points ({points_origin(metadata)})
+| Name | Threshold | {"Site" if metadata.site_calibration else "Val"} sensitivity | {"Site" if metadata.site_calibration else "Val"} specificity | Rule |
 |---|---|---|---|---|
 {point_rows}
 
@@ -530,10 +624,56 @@ Confusion matrix: TN {tn}, FP {fp}, FN {fn}, TP {tp}.
 
 ## Input check
 {input_check_md}
-{adaptation_md}
+
+## Population
+{population_md}
+{adaptation_md}{site_calibration_section(metadata)}
 ## Limitations
 {limitations_md}
+"""
 
-## Research use only
-{metadata.disclaimer}
+
+def points_origin(metadata: BundleMetadata) -> str:
+    if metadata.site_calibration is None:
+        return "all chosen on validation"
+    record = metadata.site_calibration
+    return (
+        f"thresholds chosen on a site's labelled sample, {record.n_pneumonia} PNEUMONIA / {record.n_normal} NORMAL; "
+        "sensitivity/specificity measured on that sample"
+    )
+
+
+def site_calibration_section(metadata: BundleMetadata) -> str:
+    """What `calibrate` changed, in words and numbers (empty for a bundle that was not site-calibrated)."""
+    record = metadata.site_calibration
+    if record is None:
+        return ""
+
+    def metric(table: dict, point: str, key: str) -> str:
+        e = table.get(point, {}).get(key)
+        return "n/a" if e is None else f"{e.value:.3f} [{e.ci_low:.3f}, {e.ci_high:.3f}]"
+
+    rows = "\n".join(
+        f"| {p.name} | {metric(record.before, p.name, 'sensitivity')} / {metric(record.before, p.name, 'specificity')} "
+        f"| {metric(record.after, p.name, 'sensitivity')} / {metric(record.after, p.name, 'specificity')} "
+        f"| {metric(record.cross_validated, p.name, 'sensitivity')} / "
+        f"{metric(record.cross_validated, p.name, 'specificity')} |"
+        for p in metadata.operating_points
+    )
+    warnings = "".join(f"\n- Warning: {w}" for w in record.warnings)
+    return f"""
+## Site calibration
+**The operating points' thresholds now come from the site's labelled sample**, not from validation: calibrated from
+{record.source_bundle} on {record.n_normal} NORMAL and {record.n_pneumonia} PNEUMONIA images ({record.refused} left
+out), {record.calibrated_at.isoformat()}; images SHA-256 `{record.images_sha256}`. Method: {record.method}.
+Calibration ({record.calibration}): p = sigmoid({record.scale:.3f} x z {record.bias:+.3f}), z the source's served logit,
+folded into the logit layer on top of the validation calibration above; calibrated to a prevalence of
+{record.prevalence:.3f}. ROC-AUC on the sample {record.roc_auc.value:.3f} [{record.roc_auc.ci_low:.3f},
+{record.roc_auc.ci_high:.3f}]. {record.note}
+
+| Operating point | Before: sens / spec (source thresholds) | After, in-sample: sens / spec | After, cross-validated: sens / spec |
+|---|---|---|---|
+{rows}
+
+95% Wilson intervals, on the site's sample.{warnings}
 """

@@ -125,6 +125,48 @@ def _youden_threshold(y: np.ndarray, p: np.ndarray) -> float:
     return float(thresholds[finite][np.argmax((tpr - fpr)[finite])])
 
 
+POINT_DESCRIPTIONS = {
+    "youden": "Maximises sensitivity + specificity - 1 on validation.",
+    "max_f1": "Maximises F1 of the PNEUMONIA class on validation.",
+    "sensitivity_95": "Highest threshold keeping validation sensitivity >= 0.95 (best specificity at that floor).",
+    "balanced_0.5": "Probability 0.5 of the calibrated model.",
+    "stress_youden": "Maximises sensitivity + specificity - 1 over validation and its "
+    "contrast/gamma/blur/noise/crop/shift perturbations.",
+}
+
+
+def operating_point_thresholds(
+    y: np.ndarray,
+    p: np.ndarray,
+    perturbed: dict[str, np.ndarray] | None = None,
+    *,
+    sample_weight: np.ndarray | None = None,
+) -> dict[str, float]:
+    """The threshold of each named rule (see `operating_points`), in the units of `p`.
+
+    The rules other than balanced_0.5 only rank the scores, so `p` may be any increasing function of the
+    probability (a logit, say); balanced_0.5 is 0.5 on the calibrated probability. `sample_weight` (one weight
+    per class, e.g. to a site sample's intended prevalence) changes only max_f1: the other rules depend on each
+    class's own rates.
+    """
+    y = np.asarray(y, dtype=int)
+    p = np.asarray(p, dtype=float)
+    precision, recall, pr_thresholds = precision_recall_curve(y, p, sample_weight=sample_weight)
+    f1 = 2 * precision[:-1] * recall[:-1] / np.maximum(precision[:-1] + recall[:-1], _EPS)
+    candidates = np.unique(p)[::-1]  # highest first; labelled positive when p >= threshold
+    thresholds = {
+        "youden": _youden_threshold(y, p),
+        "max_f1": float(pr_thresholds[np.argmax(f1)]),
+        "sensitivity_95": float(next(t for t in candidates if (p[y == 1] >= t).mean() >= TARGET_SENSITIVITY)),
+        "balanced_0.5": 0.5,
+    }
+    if perturbed:
+        pooled_y = np.concatenate([y] * (len(perturbed) + 1))
+        pooled_p = np.concatenate([p, *perturbed.values()])
+        thresholds["stress_youden"] = _youden_threshold(pooled_y, pooled_p)
+    return thresholds
+
+
 def operating_points(
     y: np.ndarray, p: np.ndarray, perturbed: dict[str, np.ndarray] | None = None
 ) -> list[OperatingPoint]:
@@ -140,40 +182,10 @@ def operating_points(
     """
     y = np.asarray(y, dtype=int)
     p = np.asarray(p, dtype=float)
-    youden = _youden_threshold(y, p)
-
-    precision, recall, pr_thresholds = precision_recall_curve(y, p)
-    f1 = 2 * precision[:-1] * recall[:-1] / np.maximum(precision[:-1] + recall[:-1], _EPS)
-    max_f1 = pr_thresholds[np.argmax(f1)]
-
-    candidates = np.unique(p)[::-1]  # highest first; labelled positive when p >= threshold
-    sensitivity_95 = next(t for t in candidates if (p[y == 1] >= t).mean() >= TARGET_SENSITIVITY)
-
-    points = [
-        _point("youden", youden, y, p, "Maximises sensitivity + specificity - 1 on validation."),
-        _point("max_f1", max_f1, y, p, "Maximises F1 of the PNEUMONIA class on validation."),
-        _point(
-            "sensitivity_95",
-            sensitivity_95,
-            y,
-            p,
-            "Highest threshold keeping validation sensitivity >= 0.95 (best specificity at that floor).",
-        ),
-        _point("balanced_0.5", 0.5, y, p, "Probability 0.5 of the calibrated model."),
+    return [
+        _point(name, threshold, y, p, POINT_DESCRIPTIONS[name])
+        for name, threshold in operating_point_thresholds(y, p, perturbed).items()
     ]
-    if perturbed:
-        pooled_y = np.concatenate([y] * (len(perturbed) + 1))
-        pooled_p = np.concatenate([p, *perturbed.values()])
-        points.append(
-            _point(
-                "stress_youden",
-                _youden_threshold(pooled_y, pooled_p),
-                y,
-                p,
-                "Maximises sensitivity + specificity - 1 over validation and its contrast/gamma/blur/noise/crop/shift perturbations.",
-            )
-        )
-    return points
 
 
 def logits_from_probabilities(p: np.ndarray) -> np.ndarray:
@@ -185,18 +197,31 @@ def sigmoid(z: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.asarray(z, dtype=np.float64)))
 
 
-def fit_platt(y: np.ndarray, logits: np.ndarray) -> tuple[float, float]:
+def fit_platt(
+    y: np.ndarray, logits: np.ndarray, *, sample_weight: np.ndarray | None = None, fit_scale: bool = True
+) -> tuple[float, float]:
     """(scale > 0, bias) minimising the negative log-likelihood of sigmoid(scale * logit + bias) (Platt, 1999).
 
     Temperature scaling alone (bias 0) cannot undo the shift that class weighting puts into the logit; the
     bias term can. A positive scale keeps the ranking (ROC-AUC) and the named operating points' decisions.
+    `fit_scale=False` fits the bias alone (scale 1); `sample_weight` weights each image's term.
     """
     y = np.asarray(y, dtype=np.float64)
     z = np.asarray(logits, dtype=np.float64)
+    w = np.ones_like(y) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
+    if not fit_scale:  # the bias alone: the weighted log-likelihood's derivative is monotone in it
+        from scipy.optimize import brentq
+
+        gradient = lambda b: float(np.sum(w * (sigmoid(z + b) - y)))  # noqa: E731
+        low, high = -60.0, 60.0
+        if gradient(low) >= 0 or gradient(high) <= 0:  # one class only: the optimum is at infinity
+            return 1.0, low if gradient(low) >= 0 else high
+        return 1.0, float(brentq(gradient, low, high, xtol=1e-9))
 
     def nll(params: np.ndarray) -> float:
-        q = np.clip(sigmoid(np.exp(params[0]) * z + params[1]), _EPS, 1 - _EPS)
-        return float(-np.mean(y * np.log(q) + (1 - y) * np.log(1 - q)))
+        scale, bias = np.exp(params[0]), params[1]
+        q = np.clip(sigmoid(scale * z + bias), _EPS, 1 - _EPS)
+        return float(-np.sum(w * (y * np.log(q) + (1 - y) * np.log(1 - q))) / np.sum(w))
 
     result = minimize(
         nll, x0=np.zeros(2), method="Nelder-Mead", options={"xatol": 1e-6, "fatol": 1e-9, "maxiter": 2000}
@@ -206,3 +231,17 @@ def fit_platt(y: np.ndarray, logits: np.ndarray) -> tuple[float, float]:
 
 def calibrate(p: np.ndarray, scale: float, bias: float) -> np.ndarray:
     return sigmoid(scale * logits_from_probabilities(p) + bias)
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion (Wilson 1927): right at small n and at 0 or n successes,
+    where the normal approximation collapses to a point. (0, 1) when n is 0."""
+    if n <= 0:
+        return 0.0, 1.0
+    phat = successes / n
+    denominator = 1 + z**2 / n
+    centre = (phat + z**2 / (2 * n)) / denominator
+    half = z * np.sqrt(phat * (1 - phat) / n + z**2 / (4 * n**2)) / denominator
+    low = 0.0 if successes <= 0 else max(0.0, centre - half)  # exact ends: no 0.9999999999999999 at n of n
+    high = 1.0 if successes >= n else min(1.0, centre + half)
+    return float(low), float(high)

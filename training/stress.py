@@ -15,7 +15,7 @@ from PIL import Image, ImageFilter
 Perturbation = Callable[[np.ndarray, np.random.Generator], np.ndarray]  # (H, W) uint8 -> (H, W) uint8
 
 
-def _contrast(factor: float) -> Perturbation:
+def contrast(factor: float) -> Perturbation:
     def apply(gray, rng):
         mean = gray.mean()
         return np.clip((gray.astype(np.float32) - mean) * factor + mean, 0, 255).astype(np.uint8)
@@ -67,8 +67,8 @@ def _shift(fraction: float) -> Perturbation:
 
 
 PERTURBATIONS: dict[str, Perturbation] = {
-    "contrast_low": _contrast(0.6),
-    "contrast_high": _contrast(1.4),
+    "contrast_low": contrast(0.6),
+    "contrast_high": contrast(1.4),
     "gamma_dark": _gamma(1.6),
     "gamma_bright": _gamma(0.6),
     "blur": _blur(1.5),

@@ -31,7 +31,8 @@ FILE_FIELD = "file"
 # instead of a reset connection; beyond that the connection is simply dropped.
 DRAIN_LIMIT_BYTES = 8 * 1024 * 1024
 
-RAW_MEDIA_TYPES = ("image/jpeg", "image/png", "application/dicom")
+# The format is sniffed from the bytes, so a generic binary body is as good as a typed one.
+RAW_MEDIA_TYPES = ("image/jpeg", "image/png", "application/dicom", "application/octet-stream")
 _RAW_MEDIA_TYPES = frozenset(t.encode() for t in RAW_MEDIA_TYPES)
 
 UPLOAD_REQUEST_BODY: dict[str, Any] = {

@@ -143,7 +143,8 @@
     for (const point of model.operating_points) {
       const isDefault = point.name === model.default_operating_point;
       const text = `${point.name}${isDefault ? " (default)" : ""} — threshold ${fmt(point.threshold)}, ` +
-        `validation sensitivity ${fmt(point.sensitivity)}, specificity ${fmt(point.specificity)}`;
+        `${model.site_calibration ? "site sample" : "validation"} sensitivity ${fmt(point.sensitivity)}, ` +
+        `specificity ${fmt(point.specificity)}`;
       const option = el("option", text);
       option.value = point.name;
       option.selected = isDefault;
@@ -155,6 +156,15 @@
   function selectedPoint() {
     if (!state.model) return null;
     return state.model.operating_points.find((p) => p.name === $("operating-point").value) || null;
+  }
+
+  // Whose films the model knows (GET /model `population`): said in words next to the model's name.
+  function populationSummary(population) {
+    if (!population) return "not declared by this model bundle; the shipped model knows only films of young children";
+    const who = population.age_max_years < 18 ? "children" : "patients";
+    const sites = population.sites === 1 ? "one hospital" : `${population.sites} hospitals`;
+    return `${who} aged ${population.age_min_years}–${population.age_max_years} at ${sites} ` +
+      `(${population.modality}, ${population.views.join("/")}); films of other patients are refused`;
   }
 
   function renderModel(model) {
@@ -171,9 +181,12 @@
     // The method is named with each map (the service's default can change, and ?method= picks another).
     fact("Explanations", model.explain_available ? "available (each map names its method)" : "unavailable on this service");
     fact("Input check", inputCheckSummary(model.input_check));
+    fact("Population", populationSummary(model.population));
+    fact("Operating points", siteCalibrationSummary(model.site_calibration, model.default_operating_point));
 
     const table = el("table", undefined, "metrics");
-    const caption = el("caption", `Validation (${validation.split || "validation"} split, ` +
+    const source = model.site_calibration ? "Source model before site calibration, at its validation threshold: " : "";
+    const caption = el("caption", `${source}Validation (${validation.split || "validation"} split, ` +
       `${validation.n_images ?? "?"} images, ${validation.n_positive ?? "?"} with pneumonia), threshold-dependent ` +
       `metrics at the default operating point (${model.default_operating_point}). Intervals: 95% bootstrap.`);
     const head = el("tr");
@@ -200,6 +213,16 @@
     jsonLink.href = "/model";
     note.append(cardLink, " and ", jsonLink, ".");
     root.replaceChildren(facts, table, el("h3", "Limitations"), limits, note);
+  }
+
+  // Where the thresholds come from (GET /model `site_calibration`): validation, or a site's labelled sample.
+  function siteCalibrationSummary(record, defaultPoint) {
+    if (!record) return "chosen on the validation split";
+    const after = (record.after || {})[defaultPoint] || {};
+    const rate = (e) => (e ? `${fmt(e.value)} [${fmt(e.ci_low)}, ${fmt(e.ci_high)}]` : "?");
+    return `chosen on this site's labelled sample (${record.n_normal} NORMAL, ${record.n_pneumonia} PNEUMONIA; ` +
+      `${String(record.calibrated_at).slice(0, 10)}; method ${String(record.method).split(":")[0]}): at ` +
+      `${defaultPoint} sensitivity ${rate(after.sensitivity)}, specificity ${rate(after.specificity)} on that sample`;
   }
 
   function inputCheckSummary(spec) {
@@ -249,6 +272,28 @@
     }
   }
 
+  // The input check's refusals (HTTP 422), in words a person understands; the codes are pneumonia.errors'.
+  const populationText = (population) => population
+    ? `children aged ${population.age_min_years}–${population.age_max_years} at ` +
+      `${population.sites === 1 ? "one hospital" : `${population.sites} hospitals`}`
+    : "young children at one hospital";
+  const REFUSALS = {
+    not_a_chest_xray: {
+      title: "Refused: this does not look like a frontal chest X-ray",
+      words: () => "The model was trained on frontal chest X-rays only; its output for other images is meaningless.",
+    },
+    outside_population: {
+      title: "Refused: this film is outside the model's population",
+      words: (population) => `This looks like a film of someone the model never learned from, most likely an adult. ` +
+        `The model was trained on ${populationText(population)}; its answer would mean nothing here.`,
+    },
+    poor_image_quality: {
+      title: "Refused: the image's exposure or contrast is outside what the model was trained on",
+      words: () => "On films like this (for example with low contrast) the model's answers were measured to be " +
+        "unreliable. Try the original, unprocessed image.",
+    },
+  };
+
   function inputCheckOf(body) {
     return (body && (body.input_check || (body.error && body.error.input_check))) || null;
   }
@@ -290,16 +335,16 @@
   function showError(err) {
     const box = $("error");
     box.replaceChildren();
-    if (err.status === 422 && err.code === "not_a_chest_xray") {
+    const refusal = err.status === 422 && REFUSALS[err.code];
+    if (refusal) {
       // The verdict may sit beside `error` (this service) or inside it; the reasons are in `error` too.
       const check = inputCheckOf(err.body) || {};
       const reasons = check.reasons || err.body.error.reasons || [];
       box.className = "error refusal";
-      box.append(el("h3", "Refused: this does not look like a chest X-ray"));
-      box.append(el("p", err.body.error.message || ""));
+      box.append(el("h3", refusal.title));
+      box.append(el("p", refusal.words(state.model && state.model.population), "refusal-words"));
       box.append(el("p", reasons.length ? "Why:" : "The service gave no reason."), ...checkDetails({ ...check, reasons }));
-      box.append(el("p", "The model was trained on chest X-rays only; its output for other images is meaningless, " +
-        "so no label is given.", "muted"));
+      box.append(el("p", "No label is given.", "muted"));
     } else {
       box.className = "error";
       box.append(el("p", problemMessage(err)));
@@ -373,7 +418,11 @@
   // Reasons on an accepted image matter too (an image turned back, a check that could not fully run).
   function checkVerdict(check) {
     if (!check.accepted) {
-      return ["refused", `Input check: refused — this may not be a chest X-ray. The service answered only because ` +
+      const what = check.refusal_code === "outside_population"
+        ? "this film looks outside the model's population (most likely an adult)"
+        : check.refusal_code === "poor_image_quality" ? "the image's exposure or contrast is outside the training range"
+        : "this may not be a chest X-ray";
+      return ["refused", `Input check: refused — ${what}. The service answered only because ` +
         `its policy is "${check.policy}"; the output below is not meaningful for this image.`];
     }
     if (check.detector === "off") return ["noted", "Input check: off — this image was not checked."];

@@ -93,15 +93,26 @@ def encode_map(values: np.ndarray) -> str:
     return base64.b64encode(np.ascontiguousarray(values, dtype="<f4").tobytes()).decode("ascii")
 
 
-@dataclass(frozen=True)
-class ExplainRequest:
-    method: str | None = None  # None: the default method
-    threshold: float | None = None  # decides the explained class (the predicted one); None: the bundle's default
+# The overlay is sent at most this large on its longer side (aspect kept): a 4000x4000 film's full-size overlay
+# was 10 MB of JSON, far more than a screen shows. None (/explain?overlay=full) keeps the image's size.
+OVERLAY_MAX_SIDE = 1024
+
+
+def shrink_to(pixels: np.ndarray, max_side: int | None) -> np.ndarray:
+    """(H, W) uint8 scaled down (area average) so its longer side is at most `max_side`; unchanged if smaller."""
+    height, width = pixels.shape
+    if max_side is None or max(height, width) <= max_side:
+        return pixels
+    from PIL import Image
+
+    scale = max_side / max(height, width)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return np.asarray(Image.fromarray(pixels).resize(size, Image.Resampling.BOX), dtype=np.uint8)
 
 
 @dataclass(frozen=True)
 class ExplanationResult:
-    png: bytes  # overlay with colour bar, at the uploaded image's size
+    png: bytes  # overlay with colour bar, at the uploaded image's size (capped at OVERLAY_MAX_SIDE unless asked)
     values: np.ndarray  # (H, W) float32 in [0, 1] at the model-input resolution
     method: str
     layers: tuple[str, ...]
@@ -156,6 +167,7 @@ class Explainer:
         explained_class: str,
         method: str | None = None,
         activation: np.ndarray | None = None,
+        overlay_max_side: int | None = OVERLAY_MAX_SIDE,
     ) -> ExplanationResult:
         """pixels: the decoded (H, W) uint8 image; batch: its (1, h, w, 3) model input; activation: the root
         layer's (1, h', w', C) activation for that input (model.onnx's explain_activation), or None.
@@ -164,6 +176,7 @@ class Explainer:
         most expensive part of /explain); the map is the same either way."""
         name = method or self.default_method
         chosen = self.method(name)
+        pixels = shrink_to(pixels, overlay_max_side)
         sign = class_sign(explained_class)
         if activation is not None and isinstance(chosen, GradientCam) and chosen.accepts_activation:
             values = chosen.maps_from_activation(activation, sign)[0][0]

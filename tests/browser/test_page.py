@@ -211,13 +211,35 @@ def test_a_non_xray_is_refused_and_the_page_says_why(page):
     assert check["accepted"] is False and check["reasons"], check
     page.wait_for_selector("#error:not([hidden])")
     refusal = page.inner_text("#error")
-    assert "Refused: this does not look like a chest X-ray" in refusal
-    assert body["error"]["message"] in refusal
+    assert "Refused: this does not look like a frontal chest X-ray" in refusal
     shown = page.eval_on_selector_all("#error ul.reasons li", "items => items.map(i => i.textContent)")
-    assert shown == check["reasons"]  # every reason, each once
+    assert shown == check["reasons"]  # every reason, each once, and nowhere else in the box
+    assert all(refusal.count(reason) == 1 for reason in check["reasons"]), refusal
     assert score_print(check) in refusal
     assert not page.is_visible("#result") and "label" not in body
     assert page.is_enabled("#file-input")
+
+
+def test_an_adult_dicom_is_refused_in_words_a_person_understands(page):
+    """A pediatric sample wrapped as DICOM with PatientAge 045Y: the service refuses it as outside the
+    population, and the page says what that means instead of showing a label."""
+    stored = 500 + gray_of(NORMAL_SAMPLE).astype("int64") * 12
+    data = dicom(stored, "MONOCHROME2", slope=1.0, intercept=0.0, center=2000.0, width=3200.0, PatientAge="045Y")
+    open_page(page)
+    answer = upload(page, "/explain", {"name": "adult.dcm", "mimeType": "application/dicom", "buffer": data})
+    body = answer.json()
+    assert answer.status == 422 and body["error"]["code"] == "outside_population", body
+    page.wait_for_selector("#error:not([hidden])")
+    refusal = page.inner_text("#error")
+    assert "Refused: this film is outside the model's population" in refusal
+    assert "The model was trained on children aged 1–5 at one hospital; its answer would mean nothing here." in refusal
+    assert any(
+        "45 years" in item
+        for item in page.eval_on_selector_all("#error ul.reasons li", "items => items.map(i => i.textContent)")
+    )
+    assert not page.is_visible("#result") and "label" not in body
+    summary = page.inner_text("#model-summary")
+    assert "children aged 1–5 at one hospital" in summary
 
 
 def test_a_rotated_xray_is_turned_back_and_the_page_says_so(page):

@@ -98,8 +98,13 @@ def test_a_rotated_xray_is_turned_back_and_keeps_its_label(client, xrays, turns)
         assert abs(response.json()["probability"] - upright["probability"]) < 1e-6
 
 
-def test_an_inverted_xray_is_refused(client, xrays):
-    refused(post(client, pixels_png(255 - next(iter(xrays.values())))), "inverted")
+def test_an_inverted_xray_is_refused_without_a_claim_about_its_orientation(client, xrays):
+    """Every committed sample, inverted: refused as a negative, and no reason says it was rotated or mirrored
+    (the orientation of a negative cannot be read, so nothing is turned back)."""
+    for gray in xrays.values():
+        check = refused(post(client, pixels_png(255 - gray)), "inverted")["input_check"]
+        assert not any("rotated" in r or "mirrored" in r for r in check["reasons"]), check["reasons"]
+        assert check["rotated_back_degrees"] == 0 and check["mirrored"] is False
 
 
 def test_text_is_refused(client):
@@ -187,7 +192,7 @@ def test_a_tampered_detector_stops_the_service(tmp_path):
     with (bundle / "input_check.npz").open("ab") as handle:
         handle.write(b"\0")
     with pytest.raises(BundleError, match="checksum"):
-        load_checker(bundle, read_metadata(bundle).input_check)
+        load_checker(bundle, read_metadata(bundle))
 
 
 def test_model_card_describes_the_check(client):

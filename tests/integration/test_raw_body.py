@@ -96,7 +96,16 @@ def test_oversize_raw_body_is_413(client, path):
     assert error_of(response, 413)["code"] == "upload_too_large"
 
 
-@pytest.mark.parametrize("content_type", ["image/gif", "text/plain", "application/octet-stream"])
+def test_a_generic_binary_body_is_sniffed_like_any_other(client, uploads):
+    """application/octet-stream: the format comes from the bytes, as for a typed body."""
+    typed = raw(client, "/predict", uploads["image/jpeg"], "image/jpeg")
+    generic = raw(client, "/predict", uploads["image/jpeg"], "application/octet-stream")
+    assert generic.status_code == typed.status_code == 200, generic.text
+    assert generic.json()["probability"] == typed.json()["probability"]
+    assert generic.json()["input"]["format"] == "JPEG"
+
+
+@pytest.mark.parametrize("content_type", ["image/gif", "text/plain"])
 def test_unsupported_content_type_is_415(client, uploads, content_type):
     error = error_of(raw(client, "/predict", uploads["image/jpeg"], content_type), 415)
     assert error["code"] == "unsupported_media_type"

@@ -19,6 +19,7 @@ from pneumonia.explain import (
     COLOUR_SCALE,
     DEFAULT_METHOD,
     METHOD_NAMES,
+    OVERLAY_MAX_SIDE,
     encode_map,
 )
 
@@ -40,6 +41,17 @@ MethodQuery = Annotated[
         "not depend on the model, served for comparison. Unknown names: 422."
     ),
 ]
+OverlayQuery = Annotated[
+    Literal["capped", "full"],
+    Query(description=f"capped (default): the overlay at most {OVERLAY_MAX_SIDE} px on its longer side; full: at "
+          "the uploaded image's size (a large film makes a large response)"),
+]  # fmt: skip
+
+
+def _overlay_side(overlay: str) -> int | None:
+    return None if overlay == "full" else OVERLAY_MAX_SIDE
+
+
 PNG_RESPONSE: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "Explanation JSON, or with ?format=png the overlay PNG (headers X-Probability, X-Label, "
@@ -110,10 +122,12 @@ async def explain(
     policy: PolicyDep,
     format: UploadFormatQuery = "json",
     method: MethodQuery = DEFAULT_METHOD,
+    overlay: OverlayQuery = "capped",
 ):
     data = await read_upload(request)
     source = dicom_source(data) if format == SC_FORMAT else None  # 415 dicom_required before any scoring
-    analysis = await service.analyse(data, decision, policy=policy, explain=True, method=method)
+    analysis = await service.analyse(data, decision, policy=policy, explain=True, method=method,
+                                     overlay_max_side=_overlay_side(overlay))  # fmt: skip
     if source is not None:
         return await dicom_response(source, analysis, format)
     return _respond(service, analysis, format)
@@ -131,8 +145,9 @@ async def explain_cached(
     prediction_id: Annotated[str, Path(max_length=64, description="prediction_id from /predict")],
     format: FormatQuery = "json",
     method: MethodQuery = DEFAULT_METHOD,
+    overlay: OverlayQuery = "capped",
 ):
-    analysis = await service.explain_cached(prediction_id, decision, method)
+    analysis = await service.explain_cached(prediction_id, decision, method, _overlay_side(overlay))
     if analysis is None:
         raise ApiError(
             ErrorCode.PREDICTION_NOT_FOUND,

@@ -1,0 +1,5 @@
+import sys
+
+from pneumonia_cli import main
+
+sys.exit(main())

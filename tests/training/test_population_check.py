@@ -1,0 +1,112 @@
+"""`python -m training population-check`: a schema-2 bundle upgraded to schema 3, on real files.
+
+The adult collections are generated here (two folders with the tables the real ones have), so the test
+exercises the verb's mechanics: fitting, the held-out measurement, the checksummed file, the metadata record,
+the staged write that leaves the source untouched, and the refusals. How well the check tells adults from
+children is measured on real films (results/population), not here.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pneumonia.bundle import METADATA_FILENAME, Population, read_metadata, sha256_file
+from pneumonia.model import Model
+from training.cli import main
+
+POPULATION = Population(age_min_years=1, age_max_years=5, views=["AP"], modality="frontal chest radiographs",
+                        sites=1, source="the tiny test dataset")  # fmt: skip
+
+
+def _adult_collections(root: Path, tiny_dataset: Path) -> Path:
+    """nih/ (labels.csv) and ieee8023/ (metadata.csv): the tiny dataset's films, brightened and re-framed
+    so the two classes differ, with ages (one NIH child, reported but not fitted)."""
+    sources = sorted((tiny_dataset / "train").rglob("*.png")) + sorted((tiny_dataset / "train").rglob("*.jp*g"))
+    for collection, table, columns in (
+        ("nih", "labels.csv", ["path", "nih_labels", "age", "sex", "view", "patient_id"]),
+        ("ieee8023", "metadata.csv", ["path", "patient_id", "age", "view", "finding", "license"]),
+    ):
+        folder = root / collection
+        (folder / "NORMAL").mkdir(parents=True)
+        rows = []
+        for i, source in enumerate(sources[:10]):
+            gray = np.asarray(Image.open(source).convert("L"), dtype=np.float32)
+            adult = np.clip(gray * 0.6 + 90, 0, 255).astype(np.uint8)
+            name = f"NORMAL/{collection}_{i}.png"
+            Image.fromarray(np.pad(adult, 8, constant_values=200)).save(folder / name)
+            age = "12" if (collection == "nih" and i == 0) else str(30 + i)
+            rows.append({"path": name, "nih_labels": "No Finding", "age": age, "sex": "F", "view": "PA",
+                         "patient_id": f"{collection}{i}", "finding": "No Finding", "license": "test"})  # fmt: skip
+        with (folder / table).open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows)
+    return root
+
+
+@pytest.fixture(scope="module")
+def upgraded(tmp_path_factory, tiny_bundle, tiny_run, tiny_dataset):
+    root = tmp_path_factory.mktemp("population")
+    source = shutil.copytree(tiny_bundle, root / "source")
+    before = sha256_file(source / METADATA_FILENAME)
+    population = root / "population.json"
+    population.write_text(POPULATION.model_dump_json())
+    adults = _adult_collections(root / "adults", tiny_dataset)
+    code = main(["population-check", "--bundle", str(source), "--split", str(tiny_run / "split.csv"),
+                 "--data", str(tiny_dataset), "--adults", str(adults), "--out", str(root / "upgraded"),
+                 "--population", str(population), "--evidence", str(root / "evidence")])  # fmt: skip
+    assert code == 0
+    return {"root": root, "source": source, "before": before, "bundle": root / "upgraded", "adults": adults}
+
+
+def test_the_upgraded_bundle_declares_and_checks_its_population(upgraded):
+    metadata = read_metadata(upgraded["bundle"])
+    assert metadata.schema_version == 3
+    assert metadata.population == POPULATION
+    check = metadata.population_check
+    assert check is not None and check.validation_acceptance >= 0.99
+    assert set(check.held_out) == {"ieee8023 (fitted on nih only)", "nih (fitted on ieee8023 only)"}
+    assert sha256_file(upgraded["bundle"] / check.filename) == check.sha256
+    assert metadata.image_quality is not None and metadata.image_quality.action in ("refuse", "warn")
+    card = (upgraded["bundle"] / "MODEL_CARD.md").read_text()
+    assert card.count("## Population") == 1 and "children aged 1-5 at one hospital" in card
+
+
+def test_the_upgraded_bundle_serves_and_scores_the_population(upgraded, sample_images):
+    model = Model.load(upgraded["bundle"], explain=False)
+    prediction = model.predict(sample_images["NORMAL"][0], policy="warn")
+    assert prediction.input_check.population in ("inside", "outside")
+    assert prediction.input_check.population_threshold == model.metadata.population_check.threshold
+
+
+def test_the_source_bundle_is_untouched_and_evidence_written(upgraded):
+    assert sha256_file(upgraded["source"] / METADATA_FILENAME) == upgraded["before"]
+    assert read_metadata(upgraded["source"]).population_check is None
+    evidence = json.loads((upgraded["root"] / "evidence" / "population.json").read_text())
+    assert evidence["nih_age_curve"]["11-17"]["films"] == 1  # the NIH child is reported, not fitted
+    assert "| Held-out collection | Flagged |" in (upgraded["root"] / "evidence" / "README.md").read_text()
+
+
+def test_an_unknown_population_must_be_given(upgraded, tiny_run, tiny_dataset, capsys):
+    code = main(["population-check", "--bundle", str(upgraded["source"]), "--split", str(tiny_run / "split.csv"),
+                 "--data", str(tiny_dataset), "--adults", str(upgraded["adults"]), "--out", str(upgraded["root"] / "x")])  # fmt: skip
+    assert code == 2 and "--population" in capsys.readouterr().err
+    assert not (upgraded["root"] / "x").exists()
+
+
+def test_a_missing_collection_is_refused_and_nothing_is_written(upgraded, tiny_run, tiny_dataset, capsys):
+    root = upgraded["root"]
+    shutil.rmtree(upgraded["adults"] / "ieee8023")
+    out = root / "never"
+    code = main(["population-check", "--bundle", str(upgraded["source"]), "--split", str(tiny_run / "split.csv"),
+              "--data", str(tiny_dataset), "--adults", str(upgraded["adults"]), "--out", str(out),
+              "--population", str(root / "population.json")])  # fmt: skip
+    assert code == 2 and "ieee8023" in capsys.readouterr().err
+    assert not out.exists() and not out.with_name("never.partial").exists()
