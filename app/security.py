@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from typing import Any
+from urllib.parse import unquote_plus
 
 from fastapi import FastAPI
 
@@ -29,6 +30,7 @@ STARTUP_ERRORS = (KeysFileError, StartupRefusedError, OSError)
 
 
 def install(app: FastAPI, settings: Settings) -> None:
+    redact_credentials_in_uvicorn_access_log()
     app.state.keyring = KeyRing(settings.api_keys_file) if settings.api_keys_file else None
     app.state.rate_limiter = RateLimiter(settings.rate_limit, settings.cache_url) if settings.rate_limit else None
     app.state.audit = None
@@ -77,3 +79,32 @@ async def stop(app: FastAPI) -> None:
     limiter: RateLimiter | None = app.state.rate_limiter
     if limiter is not None:
         await limiter.close()
+
+
+class _RedactQueryCredentials(logging.Filter):
+    """uvicorn's access log writes each request's path with its query string: a token a client put in the URL
+    (refused with 400 token_in_query) would be written into the log. Its value is replaced with `REDACTED`."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) >= 3 and isinstance(args[2], str) and "?" in args[2]:
+            path, _, query = args[2].partition("?")
+            record.args = (*args[:2], f"{path}?{redact_query(query)}", *args[3:])
+        return True
+
+
+def redact_query(query: str) -> str:
+    from app.api.auth import QUERY_TOKEN_NAMES
+
+    parts = []
+    for part in query.split("&"):
+        name, sep, _ = part.partition("=")
+        credential = unquote_plus(name).lower().replace("-", "_") in QUERY_TOKEN_NAMES
+        parts.append(f"{name}{sep}REDACTED" if credential else part)
+    return "&".join(parts)
+
+
+def redact_credentials_in_uvicorn_access_log() -> None:
+    access = logging.getLogger("uvicorn.access")
+    if not any(isinstance(f, _RedactQueryCredentials) for f in access.filters):
+        access.addFilter(_RedactQueryCredentials())
