@@ -113,8 +113,9 @@ def hospital(start_server, tiny_bundle, tmp_path_factory, redis_server):
     return server, audit
 
 
-def exchanges(base_url: str) -> tuple[list[httpx.Response], dict[str, bytes]]:
-    """Every request a client might make with the sentinel files; the responses and the uploads sent."""
+def exchanges(base_url: str) -> tuple[list[httpx.Response], list[httpx.Response], dict[str, bytes]]:
+    """Every request a client might make with the sentinel files: the responses, the DICOM results (SR and
+    Secondary Capture, whose bodies carry the study's identifiers for the PACS) and the uploads sent."""
     pixels = gray_of(SAMPLE)
     uploads = {
         "valid": sentinel_dicom(pixels=pixels),
@@ -125,6 +126,7 @@ def exchanges(base_url: str) -> tuple[list[httpx.Response], dict[str, bytes]]:
     uploads["truncated"] = uploads["valid"][: len(uploads["valid"]) // 2]
     raw = {"content-type": "application/dicom"}
     responses: list[httpx.Response] = []
+    dicom_results: list[httpx.Response] = []
     with httpx.Client(base_url=base_url, timeout=180) as client:
 
         def call(method: str, url: str, **kwargs) -> httpx.Response:
@@ -144,6 +146,10 @@ def exchanges(base_url: str) -> tuple[list[httpx.Response], dict[str, bytes]]:
                 assert call("POST", f"/explain?format={fmt}", content=data, headers={**AUTH, **raw}).status_code == 200
                 assert call("GET", f"/explain/{prediction_id}?format={fmt}", headers=AUTH).status_code == 200
             call("POST", "/explain?input_check=warn&method=gradcam_pp", files={"file": ("y.dcm", data)}, headers=AUTH)
+            for url in ("/predict?format=dicom-sr", "/explain?format=dicom-sc"):
+                result = client.post(url, content=data, headers={**AUTH, **raw})
+                assert result.status_code == 200 and result.headers["content-type"] == "application/dicom"
+                dicom_results.append(result)
         for name in ("no_pixels", "too_small", "truncated"):
             refused = call("POST", "/predict", content=uploads[name], headers={**AUTH, **raw})
             assert 400 <= refused.status_code < 500, (name, refused.text)
@@ -155,7 +161,7 @@ def exchanges(base_url: str) -> tuple[list[httpx.Response], dict[str, bytes]]:
         )
         assert call("GET", "/metrics", headers=AUTH).status_code == 200
         assert call("GET", "/model", headers=AUTH).status_code == 200
-    return responses, uploads
+    return responses, dicom_results, uploads
 
 
 def redis_contents(redis_url: str, dump_dir) -> tuple[bytes, int]:
@@ -191,7 +197,7 @@ def found_in(haystack: bytes, needles: list[str]) -> list[str]:
 
 def test_dicom_identifiers_reach_no_log_audit_store_metric_or_response(hospital, redis_server):
     server, audit = hospital
-    responses, uploads = exchanges(server.base_url)
+    responses, dicom_results, uploads = exchanges(server.base_url)
     forbidden = [*FORBIDDEN, INVALID_BIRTH_DATE, "1901-02-03"]
 
     leaks = {}
@@ -200,6 +206,11 @@ def test_dicom_identifiers_reach_no_log_audit_store_metric_or_response(hospital,
         where = f"{response.request.method} {response.request.url.path}?{response.request.url.query.decode()}"
         if found := found_in(head.encode() + b"\n" + response.content, forbidden):
             leaks[f"response to {where}"] = found
+    for result in dicom_results:  # meant for the PACS: the body is the study's, the headers are not
+        head = "\n".join(f"{k}: {v}" for k, v in result.headers.multi_items())
+        if found := found_in(head.encode(), forbidden):
+            leaks[f"headers of {result.request.url.path}?{result.request.url.query.decode()}"] = found
+        assert SENTINELS["PatientID"][0].encode() in result.content  # filed with its study, as it must be
     if found := found_in(server.log().encode(), forbidden):
         leaks["server log (DEBUG)"] = found
     audit_text = audit.read_bytes()
