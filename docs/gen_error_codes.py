@@ -1,41 +1,30 @@
 """MkDocs hook (mkdocs.yml `hooks:`): the table of error codes, generated from the enum at build time.
 
 Where a page says `<!-- error-codes -->`, the hook puts a Markdown table of every code: its HTTP status and
-what it means, in the enum's order. The codes live in `pneumonia.errors.ErrorCode`; the access errors
-(API keys, rate limit) still have their own enum in `app.api.auth.AccessCode` until they join it, and are
-listed too, so the table names every code the service can answer with. Nothing is written to docs/: the
-table exists only in the built page, so it cannot go stale. tests/test_docs_site.py checks it against the enums.
+what it means, in the enum's order. Every code lives in `pneumonia.errors.ErrorCode`, the access errors (API
+keys, rate limit) included. Nothing is written to docs/: the table exists only in the built page, so it cannot
+go stale. tests/test_docs_site.py checks it against the enum.
 
 Run directly to print the table: `python docs/gen_error_codes.py`.
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Iterator
-from enum import Enum
 from typing import Any
 
 MARKER = "<!-- error-codes -->"
-# module:attribute of every enum of error codes, in table order; one that does not exist (yet, or any more)
-# is skipped, so moving AccessCode into ErrorCode needs no change here
-SOURCES = ("pneumonia.errors:ErrorCode", "app.api.auth:AccessCode")
+
+
 HEADER = ("Code", "HTTP status", "Meaning")
 
 
 def error_codes() -> Iterator[tuple[str, int, str]]:
-    """(code, status, meaning) for every code of every source enum, each code once."""
-    seen: set[str] = set()
-    for source in SOURCES:
-        module_name, attribute = source.split(":")
-        try:
-            enum: type[Enum] = getattr(importlib.import_module(module_name), attribute)
-        except (ImportError, AttributeError):
-            continue
-        for member in enum:
-            if member.value not in seen:
-                seen.add(member.value)
-                yield member.value, member.status, member.meaning  # type: ignore[attr-defined]
+    """(code, status, meaning) for every code, in the enum's order."""
+    from pneumonia.errors import ErrorCode
+
+    for member in ErrorCode:
+        yield member.value, member.status, member.meaning
 
 
 def _cell(text: str) -> str:

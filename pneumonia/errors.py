@@ -58,6 +58,15 @@ class ErrorCode(StrEnum):
     # the request's parameters
     INVALID_REQUEST = ("invalid_request", 422, "A query parameter or the body's fields are invalid.")
     UNKNOWN_OPERATING_POINT = ("unknown_operating_point", 422, "No operating point of that name (see GET /model).")
+    # access (app/api/auth.py; docs: security)
+    UNAUTHORIZED = ("unauthorized", 401, "No API key, or one that is not accepted (Authorization: Bearer TOKEN).")
+    TOKEN_IN_QUERY = ("token_in_query", 400, "A credential in the query string; send it in the Authorization header.")
+    RATE_LIMITED = ("rate_limited", 429, "Past PNEUMONIA_RATE_LIMIT for this key or address; see Retry-After.")
+    ANONYMOUS_NOT_ALLOWED = (
+        "anonymous_not_allowed",
+        403,
+        "No API keys are configured: anonymous requests are answered on loopback only.",
+    )
     # resources and state
     PREDICTION_NOT_FOUND = ("prediction_not_found", 404, "GET /explain/{id}: unknown or expired prediction id.")
     MODEL_CARD_NOT_FOUND = ("model_card_not_found", 404, "The served bundle has no MODEL_CARD.md.")

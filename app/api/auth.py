@@ -18,17 +18,17 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from app.api.audit import audit_record
+from app.api.errors import ApiError
 from app.bind import anonymous_refused
 from app.keys import MAX_TOKEN_BYTES, KeyRing
 from app.ratelimit import RateLimiter
-from pneumonia.errors import PneumoniaError
+from pneumonia.errors import ErrorCode
 
 log = logging.getLogger("app.auth")
 
@@ -38,42 +38,13 @@ QUERY_TOKEN_NAMES = frozenset(
 )
 
 
-class AccessCode(StrEnum):
-    """The access errors' codes, shaped like `pneumonia.errors.ErrorCode` (value, HTTP status, meaning).
-
-    Kept here while pneumonia/errors.py is being reworked; they belong in `ErrorCode` with the others.
-    """
-
-    def __new__(cls, value: str, status: int, meaning: str) -> AccessCode:
-        member = str.__new__(cls, value)
-        member._value_ = value
-        member.status = status
-        member.meaning = meaning
-        return member
-
-    status: int
-    meaning: str
-
-    UNAUTHORIZED = ("unauthorized", 401, "No API key, or one that is not accepted (Authorization: Bearer TOKEN).")
-    TOKEN_IN_QUERY = ("token_in_query", 400, "A credential in the query string; send it in the Authorization header.")
-    RATE_LIMITED = ("rate_limited", 429, "Past PNEUMONIA_RATE_LIMIT for this key or address; see Retry-After.")
-    ANONYMOUS_NOT_ALLOWED = (
-        "anonymous_not_allowed",
-        403,
-        "No API keys are configured: anonymous requests are answered on loopback only.",
-    )
-
-
-class AccessError(PneumoniaError):
-    def __init__(self, code: AccessCode, message: str, headers: dict[str, str] | None = None):
-        super().__init__(message)
-        self.code = code  # type: ignore[assignment]  # an ErrorCode look-alike (see AccessCode)
-        self.headers = headers
+class AccessError(ApiError):
+    """Refused before the request's work starts: no or wrong key, a credential in the query, over the limit."""
 
 
 class UnauthorizedError(AccessError):
     def __init__(self, message: str):
-        super().__init__(AccessCode.UNAUTHORIZED, message, {"WWW-Authenticate": "Bearer"})
+        super().__init__(ErrorCode.UNAUTHORIZED, message, {"WWW-Authenticate": "Bearer"})
 
 
 MISSING_KEY = "This service needs an API key: send it as the header 'Authorization: Bearer TOKEN'."
@@ -103,7 +74,7 @@ def refuse_query_token(request: Request) -> None:
     for name in request.query_params:
         if name.lower().replace("-", "_") in QUERY_TOKEN_NAMES:
             raise AccessError(
-                AccessCode.TOKEN_IN_QUERY,
+                ErrorCode.TOKEN_IN_QUERY,
                 f"Credentials are not accepted in the URL (query parameter {name[:32]!r}): URLs end up in logs "
                 "and browser history. Send the key as the header 'Authorization: Bearer TOKEN', and replace it "
                 "if it was a real one.",
@@ -121,7 +92,7 @@ async def authorize(
         settings = request.app.state.settings
         if not settings.allow_anonymous and anonymous_refused(request.scope.get("server")):
             raise AccessError(
-                AccessCode.ANONYMOUS_NOT_ALLOWED,
+                ErrorCode.ANONYMOUS_NOT_ALLOWED,
                 "This service has no API keys configured, so it answers anonymous requests from this machine "
                 "(loopback) only. Its operator can configure keys (PNEUMONIA_API_KEYS_FILE).",
             )
@@ -148,7 +119,7 @@ async def rate_limit(request: Request, caller: Authorized) -> Caller:
         verdict = await limiter.hit(caller.identity)
         if not verdict.allowed:
             raise AccessError(
-                AccessCode.RATE_LIMITED,
+                ErrorCode.RATE_LIMITED,
                 f"Too many requests for this {'key' if caller.key_id else 'address'}: the limit is "
                 f"{limiter.spec}. Retry after {verdict.retry_after_s} s.",
                 {"Retry-After": str(verdict.retry_after_s)},
