@@ -108,7 +108,7 @@ def verdict(data: dict[str, Any]) -> str:
         f"{data['n']['NORMAL']} NORMAL images."
     )
     if short:
-        worse = ", ".join(f"{name} below {reference}'s {recorded:.3f}" for name, _, recorded in short)
+        worse = " and the ".join(f"{name} is below {reference}'s {recorded:.3f}" for name, _, recorded in short)
         if auc.ci_low is not None and auc.ci_low >= 0.9:
             action = (
                 f"The model still ranks this site's films well (ROC-AUC {_fmt(auc)}), so the threshold is what is "

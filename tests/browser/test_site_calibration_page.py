@@ -12,8 +12,9 @@ from datetime import UTC, datetime
 import pytest
 
 from pneumonia.bundle import METADATA_FILENAME, Estimate, SiteCalibration, read_metadata
-from tests.browser.conftest import SHIPPED_BUNDLE
-from tests.support import Server, launch, stop, wait_ready
+from tests.support import REPO_ROOT, Server, launch, stop, wait_ready
+
+SHIPPED_BUNDLE = REPO_ROOT / "models" / "default"
 
 
 def _rate(value: float) -> dict[str, Estimate]:

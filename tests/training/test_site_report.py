@@ -182,9 +182,9 @@ def _data(sensitivity, specificity, auc=(0.97, 0.95, 0.99), recorded=(0.95, 0.98
 
 def test_the_verdict_says_what_to_do():
     shifted = verdict(_data((0.99, 0.97, 1.0), (0.73, 0.67, 0.78)))
-    assert "specificity below validation's 0.985" in shifted and "calibrate before use" in shifted
+    assert "The specificity is below validation's 0.985." in shifted and "calibrate before use" in shifted
     assert "0.73" in shifted and "[0.670, 0.780]" in shifted
-    assert "sensitivity below" not in shifted  # 0.99 is not worse than 0.95
+    assert "sensitivity is below" not in shifted  # 0.99 is not worse than 0.95
     broken = verdict(_data((0.99, 0.97, 1.0), (0.60, 0.52, 0.67), auc=(0.80, 0.74, 0.86)))
     assert "no threshold can repair" in broken and "calibrate before use" not in broken
     fine = verdict(_data((0.95, 0.92, 0.97), (0.98, 0.95, 0.99)))
