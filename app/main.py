@@ -52,8 +52,10 @@ def _configure_logging(level: str) -> None:
             handler = logging.StreamHandler(sys.stderr)
             handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
             logger.addHandler(handler)
-            logger.propagate = False
         logger.setLevel(level)
+    # The service's own lines go to its handler only; the library's also reach the root logger, where an
+    # embedding program (or a test's log capture) listens: uvicorn configures no root handler, so no line doubles.
+    log.propagate = False
 
 
 class RequestContextMiddleware:

@@ -12,6 +12,7 @@ import os
 import sys
 from pathlib import Path
 
+from app.audit import AuditLog, batch_row_hook
 from app.config import Settings
 from pneumonia.batch import BatchOptions, score_folder
 from pneumonia.bundle import RESEARCH_DISCLAIMER, BundleError
@@ -50,11 +51,15 @@ def run(args: argparse.Namespace) -> int:
         overlays=Path(args.overlays) if args.overlays else None,
     )
     print(RESEARCH_DISCLAIMER, file=sys.stderr)
+    audit = AuditLog.open(settings.audit_log)  # one line per file when PNEUMONIA_AUDIT_LOG is set, as the service
     try:
-        score_folder(model, root, Path(args.out), options)
+        score_folder(model, root, Path(args.out), options, on_row=batch_row_hook(audit, root) if audit else None)
     except ValueError as exc:  # --out is some other CSV
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        if audit is not None:
+            audit.close()
     return 0
 
 

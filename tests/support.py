@@ -121,3 +121,13 @@ def start_server(tmp_path_factory):
 def copy_bundle(tiny_bundle: Path, target: Path) -> Path:
     shutil.copytree(tiny_bundle, target)
     return target
+
+
+def run_coroutine(coroutine):
+    """`asyncio.run` in a thread of its own. Playwright's sync API (tests/browser, session-scoped) keeps an event
+    loop running in the main thread for the rest of the session, where `asyncio.run` refuses to start."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()

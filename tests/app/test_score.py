@@ -171,3 +171,17 @@ def test_parallel_workers_write_the_same_rows_in_the_same_order(archive, tmp_pat
     assert main([str(archive), "--out", str(parallel), "--model-dir", str(tiny_bundle), "--threads", "3",
                  "--batch-size", "1"]) == 0  # fmt: skip
     assert serial.read_text() == parallel.read_text()
+
+
+def test_with_an_audit_log_every_file_gets_one_line_without_its_path(archive, tmp_path, tiny_bundle, monkeypatch):
+    import hashlib
+    import json
+
+    audit = tmp_path / "audit.jsonl"
+    monkeypatch.setenv("PNEUMONIA_AUDIT_LOG", str(audit))
+    rows = score(archive, tmp_path / "scores.csv", tiny_bundle)
+    lines = [json.loads(line) for line in audit.read_text().splitlines()]
+    assert len(lines) == len(rows) and {line["endpoint"] for line in lines} == {"score"}
+    digests = {line.get("image_sha256") for line in lines}
+    assert hashlib.sha256((archive / "a/normal.jpeg").read_bytes()).hexdigest() in digests
+    assert "normal.jpeg" not in audit.read_text()  # the file's path is never written

@@ -16,6 +16,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from app.api.errors import error_body
 from pneumonia.bundle import METADATA_FILENAME
+from pneumonia.errors import ErrorCode
 from tests.media import dicom, gray_of
 from tests.support import REPO_ROOT
 
@@ -325,7 +326,7 @@ def test_a_bad_file_shows_the_services_message(page, name, content, shown):
 def test_a_busy_service_says_try_again(page):
     """A 503 'busy' cannot be provoked on demand from a real service in a test, so this one answer is the
     service's own error body, served to the page in place of the service's."""
-    body = error_body("busy", "The service is busy (20 requests in progress or waiting); retry shortly.")
+    body = error_body(ErrorCode.BUSY, "The service is busy (20 requests in progress or waiting); retry shortly.")
     page.route(
         "**/explain*",
         lambda route: route.fulfill(status=503, json=body, headers={"Retry-After": "1"}),

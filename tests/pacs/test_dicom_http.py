@@ -4,7 +4,6 @@ dicom_required in the JSON envelope, before it is scored. In process, on the shi
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import io
 import json
@@ -23,7 +22,7 @@ from pneumonia.bundle import RESEARCH_DISCLAIMER
 from pneumonia.dicom.sc import banner_height
 from tests.pacs.conftest import SHIPPED
 from tests.pacs.dicoms import chest_cr, head_ct, not_a_chest_cr, to_bytes
-from tests.support import REPO_ROOT
+from tests.support import REPO_ROOT, run_coroutine
 
 SAMPLE = REPO_ROOT / "tests" / "data" / "samples" / "PNEUMONIA" / "person1246_bacteria_3202.jpeg"
 
@@ -43,7 +42,7 @@ def post(app, path: str, data: bytes, media_type: str = "application/dicom", **p
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
             return await client.post(path, params=params, content=data, headers={"Content-Type": media_type})
 
-    return asyncio.run(call())
+    return run_coroutine(call())
 
 
 @pytest.fixture(scope="module")

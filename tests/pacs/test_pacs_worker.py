@@ -9,7 +9,6 @@ failing instance does not stop a pass and is scored by the next; an unreachable 
 
 from __future__ import annotations
 
-import asyncio
 import io
 import json
 import logging
@@ -37,7 +36,7 @@ from pneumonia.dicom.worker import Query, Worker
 from tests.pacs.conftest import SHIPPED
 from tests.pacs.dicoms import chest_cr, chest_cr_jpeg, head_ct, not_a_chest_cr, to_bytes
 from tests.pacs.orthanc import USER
-from tests.support import REPO_ROOT, free_port
+from tests.support import REPO_ROOT, free_port, run_coroutine
 
 SAMPLES = REPO_ROOT / "tests" / "data" / "samples"
 CHEST = {
@@ -152,7 +151,7 @@ def predict_json(model, data: bytes) -> dict:
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
             return await client.post("/predict", files={"file": ("x.dcm", data, "application/dicom")})
 
-    response = asyncio.run(call())
+    response = run_coroutine(call())
     assert response.status_code == 200, response.text
     return response.json()
 
