@@ -3,7 +3,6 @@ statistics behind it (training/recalibrate.py) on sites whose scores are shifted
 
 from __future__ import annotations
 
-import asyncio
 import json
 import shutil
 from datetime import UTC, datetime, timedelta
@@ -16,6 +15,7 @@ import pytest
 from pneumonia.bundle import METADATA_FILENAME, read_metadata, sha256_file
 from pneumonia.imaging import to_model_input
 from pneumonia.model import ImageRefusedError, Model
+from tests.support import run_coroutine
 from tests.training.site_support import CLASSES, candidates, colour_photo, truncated_png
 from training.adapt import images_digest
 from training.cli import main
@@ -153,7 +153,7 @@ def test_get_model_and_the_page_say_where_the_thresholds_come_from(calibrated):
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
             return await client.get("/model")
 
-    body = asyncio.run(get()).json()
+    body = run_coroutine(get()).json()
     record = body["site_calibration"]
     assert (
         record["n_normal"] == 12 and record["images_sha256"] == read_metadata(calibrated).site_calibration.images_sha256
