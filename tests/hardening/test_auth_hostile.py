@@ -186,7 +186,12 @@ def test_the_keys_file_changing_while_requests_run(keyed):
     for thread in threads:
         thread.start()
     try:
-        for i in range(200):  # in place, then by rename (a new inode), alternately; the main key always kept
+        # in place, then by rename (a new inode), alternately; the main key always kept. At least 200 rewrites and
+        # until the callers have made 60 requests (a loaded machine answers fewer per rewrite), within 3 minutes.
+        deadline = time.monotonic() + 180
+        i = 0
+        while i < 200 or (len(seen) <= 60 and time.monotonic() < deadline):
+            i += 1
             content = original + keys_file_line(f"k{i}", f"tok-{i}") + "\n"
             if i % 2:
                 keys.write_text(content)
