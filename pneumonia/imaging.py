@@ -381,10 +381,6 @@ def is_extensionless_dicom(path: Path) -> bool:
         return False
 
 
-def is_image_file(path: Path) -> bool:
-    return path.is_file() and (path.suffix.lower() in IMAGE_SUFFIXES or is_extensionless_dicom(path))
-
-
 def find_images(root: Path) -> list[str]:
     """Relative POSIX paths of every JPEG/PNG/DICOM file under root, sorted (a stable order for resuming)."""
     found = []

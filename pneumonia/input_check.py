@@ -1,7 +1,9 @@
 """Is this upload a frontal chest X-ray the model may be asked about? One verdict per decoded image.
 
-The check runs in three steps, all on the request path and none with TensorFlow:
-1. cheap checks on the pixels (colour, near-constant, noise-like, extreme aspect ratio);
+The check runs in these steps, all on the request path and none with TensorFlow:
+1. cheap checks on the pixels (colour, near-constant, noise-like, extreme aspect ratio), a DICOM upload's
+   tags (pneumonia/population.py: view, body part, modality, age) and, for a schema-3 bundle, its
+   exposure/contrast range (`image_quality`);
 2. orientation and polarity from a 24x24 thumbnail of the model input: a linear classifier fitted on the
    training X-rays in their four rotations says whether the image is upright, turned by 90/180/270 degrees
    (then it is turned back and the verdict says "rotated"), mirrored (flipped back) or inverted (refused);
@@ -10,7 +12,8 @@ The check runs in three steps, all on the request path and none with TensorFlow:
    depth (in a principal subspace plus the residual off it), each normalised on validation X-rays, and the
    maximum as the score (Lee et al. 2018, "A simple unified framework for detecting out-of-distribution
    samples"). Pooled features of the last layer alone missed about a third of non-X-ray images; the early
-   layers' texture statistics catch documents, photographs and noise that the last layer maps near X-rays.
+   layers' texture statistics catch documents, photographs and noise that the last layer maps near X-rays;
+4. for a schema-3 bundle, the learned population check on the same statistics (pneumonia/population.py).
 
 The fitted parameters (step 2 and 3) live in the bundle's `input_check.npz` (`training/ood.py` fits them);
 a bundle without it still serves, with `detector: "unavailable"`, and never claims the check it cannot do.

@@ -1,7 +1,8 @@
-"""The label rule and operating-point resolution, defined once for every entry point.
+"""The label rule and operating-point resolution, defined once for every Python entry point.
 
-A case is PNEUMONIA when its calibrated probability is at or above the threshold. Training's metrics, the
-service, batch scoring, the PACS worker and the page (which receives `LABEL_RULE` in GET /model) all use it.
+A case is PNEUMONIA when its calibrated probability is at or above the threshold. Training's metrics and
+reports, the service, batch scoring and the PACS worker use it; the page re-labels in JavaScript by the same
+rule (app/static/app.js, checked by the browser tests).
 """
 
 from __future__ import annotations
@@ -11,22 +12,21 @@ from typing import Literal
 
 import numpy as np
 
-from pneumonia.bundle import CLASS_NAMES, BundleMetadata
+from pneumonia.bundle import BundleMetadata
 from pneumonia.errors import ErrorCode, PneumoniaError
 
 Label = Literal["NORMAL", "PNEUMONIA"]
-NEGATIVE, POSITIVE = CLASS_NAMES
-LABEL_RULE = "PNEUMONIA when probability >= threshold, else NORMAL"
 CUSTOM_OPERATING_POINT = "custom"
 
 
+def positive_mask(scores: np.ndarray | float, threshold: float) -> np.ndarray:
+    """The label rule: True where the label is PNEUMONIA (score at or above the threshold; probabilities or
+    logits alike, as long as the threshold is on the same scale)."""
+    return np.asarray(scores) >= threshold
+
+
 def label_for(probability: float, threshold: float) -> Label:
-    return "PNEUMONIA" if probability >= threshold else "NORMAL"
-
-
-def positive_mask(probabilities: np.ndarray, threshold: float) -> np.ndarray:
-    """The label rule over an array: True where the label is PNEUMONIA."""
-    return np.asarray(probabilities) >= threshold
+    return "PNEUMONIA" if positive_mask(probability, threshold) else "NORMAL"
 
 
 class UnknownOperatingPointError(PneumoniaError):

@@ -348,12 +348,15 @@ class Model:
         name = str(source) if isinstance(source, str | os.PathLike) else f"<{type(source).__name__}>"
         try:
             decoded = self.decode(source)
-            check, scored = self.checker.inspect(decoded, self._model_input(decoded)[0, :, :, 0], policy)
+            model_input = self._model_input(decoded)[0]
+            check, scored = self.checker.inspect(decoded, model_input[:, :, 0], policy)
         except OSError as exc:
             return ScoredItem(name, error=UnreadableFileError(f"{type(exc).__name__}: {exc.strerror or exc}"))
         except PneumoniaError as exc:
             return ScoredItem(name, error=exc)
-        return _Checked(name, scored, check, self._model_input(scored)[0])
+        if scored is not decoded:  # turned back upright: resized again, as `assess` does
+            model_input = self._model_input(scored)[0]
+        return _Checked(name, scored, check, model_input)
 
     def _score_pending(
         self, pending: list[ScoredItem | _Checked], policy: Policy, decision: Decision

@@ -18,6 +18,7 @@ from sklearn.metrics import (
 )
 
 from pneumonia.bundle import Estimate, OperatingPoint, SplitMetrics
+from pneumonia.labels import positive_mask
 
 TARGET_SENSITIVITY = 0.95
 _EPS = 1e-7
@@ -42,7 +43,7 @@ def expected_calibration_error(y: np.ndarray, p: np.ndarray, bins: int = 15) -> 
 
 def confusion(y: np.ndarray, p: np.ndarray, threshold: float) -> np.ndarray:
     """[[TN, FP], [FN, TP]]; a case is positive when p >= threshold (as the service labels it)."""
-    return confusion_matrix(y, (p >= threshold).astype(int), labels=[0, 1])
+    return confusion_matrix(y, positive_mask(p, threshold).astype(int), labels=[0, 1])
 
 
 def _ratio(numerator: float, denominator: float) -> float:

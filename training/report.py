@@ -8,6 +8,8 @@ from pathlib import Path
 
 import matplotlib
 
+from pneumonia.labels import positive_mask
+
 matplotlib.use("Agg")  # files only; no display on training machines
 import matplotlib.pyplot as plt
 import numpy as np
@@ -183,7 +185,7 @@ def cam_grid(images, y, p, threshold: float, explain, out_path: Path, title: str
     (sign +1: PNEUMONIA, the logit's gradient; -1: NORMAL, the negative logit's)."""
     from pneumonia.explain import overlay
 
-    predicted = p >= threshold
+    predicted = positive_mask(p, threshold)
     groups = {
         "true positive": np.flatnonzero((y == 1) & predicted),
         "false positive": np.flatnonzero((y == 0) & predicted),

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
+from pneumonia.labels import positive_mask
 from training.metrics import fit_platt, logits_from_probabilities, operating_point_thresholds, sigmoid, wilson_interval
 from training.recalibrate import (
     DEFAULT_METHOD,
@@ -187,7 +188,7 @@ def draw(
 
 def rates(z: np.ndarray, y: np.ndarray, threshold: float) -> tuple[float, float]:
     """(sensitivity, specificity) at a logit threshold, by the label rule (positive when z >= threshold)."""
-    positive = z >= threshold
+    positive = positive_mask(z, threshold)
     return float(positive[y == 1].mean()), float(1 - positive[y == 0].mean())
 
 

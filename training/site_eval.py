@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pneumonia.labels import positive_mask
 from training.adapt import adapt_batchnorm
 from training.stress import PERTURBATIONS, perturb
 
@@ -43,7 +44,7 @@ def halves(patients: list[str], seed: int) -> tuple[np.ndarray, np.ndarray]:
 def scores(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, float]:
     from sklearn.metrics import roc_auc_score
 
-    predicted = p >= threshold
+    predicted = positive_mask(p, threshold)
     return {
         "roc_auc": float(roc_auc_score(y, p)),
         "sensitivity": float(predicted[y == 1].mean()),
