@@ -22,6 +22,7 @@ import pytest
 from bench.servers import free_port, proc_status_kib
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+SHIPPED_BUNDLE = REPO_ROOT / "models" / "default"  # the bundle the service serves by default
 START_TIMEOUT_S = 240
 
 

@@ -3,27 +3,24 @@ samples as it did, and was trained by the committed recipe."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from app.config import Settings
 from app.service import load_service
 from pneumonia.bundle import RESEARCH_DISCLAIMER, read_metadata
+from tests.support import REPO_ROOT, SHIPPED_BUNDLE
 from training.config import load_config
 
-REPO = Path(__file__).resolve().parent.parent
-SHIPPED = REPO / "models" / "default"
-CONFIGS = sorted((REPO / "training" / "configs").glob("*.toml"))
+CONFIGS = sorted((REPO_ROOT / "training" / "configs").glob("*.toml"))
 
 
 @pytest.fixture(scope="module")
 def shipped_service():
-    return load_service(Settings(model_dir=SHIPPED))
+    return load_service(Settings(model_dir=SHIPPED_BUNDLE))
 
 
 def test_shipped_bundle_metadata_is_valid_and_honest():
-    metadata = read_metadata(SHIPPED)  # the schema itself checks that the default operating point exists
+    metadata = read_metadata(SHIPPED_BUNDLE)  # the schema itself checks that the default operating point exists
     assert metadata.disclaimer == RESEARCH_DISCLAIMER
     assert metadata.validation.split == "validation"
     assert any(
@@ -53,8 +50,8 @@ def test_committed_training_configs_are_valid(path):
 def test_the_readme_recipe_is_the_one_that_trained_the_shipped_bundle():
     """training/configs/final.toml is what the README says reproduces models/default: every recipe field the
     bundle recorded (all of them for bundles that embed the whole config) equals the file's."""
-    config = load_config(REPO / "training" / "configs" / "final.toml", {})
-    metadata = read_metadata(SHIPPED)
+    config = load_config(REPO_ROOT / "training" / "configs" / "final.toml", {})
+    metadata = read_metadata(SHIPPED_BUNDLE)
     recipe = config.model_dump(mode="json")
     recorded = {name: metadata.training[name] for name in recipe if name in metadata.training}
     assert {"image_size", "augment_strength", "seed", "batch_size", "weights"} <= set(recorded)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import httpx
 import numpy as np
@@ -19,12 +18,11 @@ from PIL import Image, ImageDraw
 
 from pneumonia.bundle import METADATA_FILENAME, RESEARCH_DISCLAIMER
 from tests.media import gray_of, png
-
-SHIPPED = Path(__file__).resolve().parents[2] / "models" / "default"
+from tests.support import SHIPPED_BUNDLE
 
 
 def _shipped_has_check() -> bool:
-    return json.loads((SHIPPED / METADATA_FILENAME).read_text()).get("input_check") is not None
+    return json.loads((SHIPPED_BUNDLE / METADATA_FILENAME).read_text()).get("input_check") is not None
 
 
 pytestmark = pytest.mark.skipif(not _shipped_has_check(), reason="the shipped bundle has no input check")
@@ -32,7 +30,7 @@ pytestmark = pytest.mark.skipif(not _shipped_has_check(), reason="the shipped bu
 
 @pytest.fixture(scope="module")
 def server(start_server):
-    return start_server(SHIPPED, PNEUMONIA_EXPLAIN_ENABLED="false", PNEUMONIA_INPUT_CHECK="refuse")
+    return start_server(SHIPPED_BUNDLE, PNEUMONIA_EXPLAIN_ENABLED="false", PNEUMONIA_INPUT_CHECK="refuse")
 
 
 @pytest.fixture(scope="module")
@@ -159,7 +157,7 @@ def test_an_unknown_policy_is_a_422(client):
 
 
 def test_environment_sets_the_default_policy(start_server):
-    server = start_server(SHIPPED, PNEUMONIA_EXPLAIN_ENABLED="false", PNEUMONIA_INPUT_CHECK="warn")
+    server = start_server(SHIPPED_BUNDLE, PNEUMONIA_EXPLAIN_ENABLED="false", PNEUMONIA_INPUT_CHECK="warn")
     with httpx.Client(base_url=server.base_url, timeout=60) as client:
         body = post(client, document()).json()
         assert body["input_check"]["policy"] == "warn" and body["input_check"]["accepted"] is False
@@ -167,7 +165,7 @@ def test_environment_sets_the_default_policy(start_server):
 
 
 def test_a_schema_1_bundle_serves_without_pretending(start_server, tmp_path, xrays):
-    bundle = shutil.copytree(SHIPPED, tmp_path / "old")
+    bundle = shutil.copytree(SHIPPED_BUNDLE, tmp_path / "old")
     metadata = json.loads((bundle / METADATA_FILENAME).read_text())
     metadata["schema_version"] = 1
     del metadata["input_check"]
@@ -188,7 +186,7 @@ def test_a_tampered_detector_stops_the_service(tmp_path):
     from pneumonia.bundle import BundleError, read_metadata
     from pneumonia.input_check import load_checker
 
-    bundle = shutil.copytree(SHIPPED, tmp_path / "tampered")
+    bundle = shutil.copytree(SHIPPED_BUNDLE, tmp_path / "tampered")
     with (bundle / "input_check.npz").open("ab") as handle:
         handle.write(b"\0")
     with pytest.raises(BundleError, match="checksum"):

@@ -7,7 +7,6 @@ the policies, and the verdict's words. A missing tag is never a reason: the verd
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import httpx
 import numpy as np
@@ -15,17 +14,17 @@ import pytest
 
 from pneumonia.bundle import METADATA_FILENAME, RESEARCH_DISCLAIMER
 from tests.media import dicom, gray_of
+from tests.support import SHIPPED_BUNDLE
 
-SHIPPED = Path(__file__).resolve().parents[2] / "models" / "default"
 pytestmark = pytest.mark.skipif(
-    json.loads((SHIPPED / METADATA_FILENAME).read_text()).get("population") is None,
+    json.loads((SHIPPED_BUNDLE / METADATA_FILENAME).read_text()).get("population") is None,
     reason="the shipped bundle declares no population (schema < 3)",
 )
 
 
 @pytest.fixture(scope="module")
 def server(start_server):
-    return start_server(SHIPPED, PNEUMONIA_EXPLAIN_ENABLED="false", PNEUMONIA_INPUT_CHECK="refuse")
+    return start_server(SHIPPED_BUNDLE, PNEUMONIA_EXPLAIN_ENABLED="false", PNEUMONIA_INPUT_CHECK="refuse")
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ import pytest
 from pneumonia.bundle import METADATA_FILENAME, read_metadata, sha256_file
 from pneumonia.imaging import to_model_input
 from pneumonia.model import ImageRefusedError, Model
-from tests.support import run_coroutine
+from tests.support import SHIPPED_BUNDLE, run_coroutine
 from tests.training.site_support import CLASSES, candidates, colour_photo, truncated_png
 from training.adapt import images_digest
 from training.cli import main
@@ -165,24 +165,41 @@ def test_get_model_and_the_page_say_where_the_thresholds_come_from(calibrated):
     assert "model.site_calibration" in page and "chosen on this site's labelled sample" in page
 
 
+SATURATED_LOGIT = 12.0
+
+
 @pytest.fixture(scope="module")
-def offset(tiny_bundle, pool, tmp_path_factory) -> tuple[Path, Path]:
-    """A site whose scores sit far below the bundle's operating points: the tiny bundle with every served logit
-    lowered by 2 (baked into the logit layer, thresholds kept), and 24 accepted images labelled by their
-    score, so that the model ranks the site perfectly and only the threshold is off."""
+def offset(tmp_path_factory) -> tuple[Path, Path]:
+    """A site whose scores sit far below the bundle's operating points: the shipped bundle with every served
+    logit lowered below its lowest threshold (baked into the logit layer, thresholds kept), and 24 accepted
+    images labelled by their score, so that the model ranks the site perfectly and only the threshold is off.
+
+    The shipped model, not the tiny one: one epoch at 32 px gives the same logit to every image up to float32
+    rounding, which ranks nothing."""
     from training.calibrate import CalibrateError, bake
     from training.derive import derive_bundle, read_source
 
     root = tmp_path_factory.mktemp("offset")
-    source = read_source(tiny_bundle, root / "bundle", CalibrateError)
-    ranked = sorted((z, p) for p, z in pool.items() if z is not None)
+    model = Model.load(SHIPPED_BUNDLE, explain=False)
+    scored = []
+    for path in candidates(root / "pool", per_class=30):
+        try:
+            scored.append((logit(model.predict(path).probability), path))
+        except ImageRefusedError:
+            continue
+    # saturated probabilities (|logit| near float32's limit) tie, and ties rank nothing
+    ranked = sorted((z, path) for z, path in scored if abs(z) < SATURATED_LOGIT)
     chosen = ranked[:12] + ranked[-12:]
+    assert ranked[11][0] < ranked[-12][0] - 0.1, "the site's two classes are apart in score"
+    lowest_threshold = min(logit(p.threshold) for p in model.metadata.operating_points)
+    shift = lowest_threshold - chosen[-1][0] - 1.0
+    source = read_source(SHIPPED_BUNDLE, root / "bundle", CalibrateError)
     inputs = np.stack([to_model_input(np.asarray(_gray(p)), source.metadata.input_size) for _, p in chosen])
 
     def lowered(derived, model):
-        return source.metadata.model_copy(update={**derived.update, "name": "tiny-offset"})
+        return source.metadata.model_copy(update={**derived.update, "name": "shipped-offset"})
 
-    derive_bundle(source, root / "bundle", lambda m: bake(m, source.metadata.logit_layer, 1.0, -2.0), inputs, lowered)
+    derive_bundle(source, root / "bundle", lambda m: bake(m, source.metadata.logit_layer, 1.0, shift), inputs, lowered)
     for rank, (_, path) in enumerate(chosen):
         label = "PNEUMONIA" if rank >= 12 else "NORMAL"
         (root / "site" / label).mkdir(parents=True, exist_ok=True)
