@@ -18,13 +18,16 @@ RESULTS = "results"
 ALIASES = {
     "thresholds.png": "results/research/thresholds.png",
     "epochs.png": "results/research/epochs.png",
+    "ablation_backbones_per_epoch.png": "results/ablations/ablation_backbones_per_epoch.png",
+    "ablation_epochs_per_epoch.png": "results/ablations/ablation_epochs_per_epoch.png",
 }
 
 
 def on_files(files: Files, config: Any) -> Files:
     root = Path(config["config_file_path"]).parent
     published = {path.relative_to(root).as_posix(): path for path in sorted((root / RESULTS).rglob("*.png"))}
-    published |= {alias: root / target for alias, target in ALIASES.items()}
+    # a plot that is not written yet (an ablation not run) is not linked by its results file either
+    published |= {alias: root / target for alias, target in ALIASES.items() if (root / target).is_file()}
     for uri, path in published.items():
         if files.get_file_from_path(uri) is None:
             files.append(File.generated(config, uri, abs_src_path=str(path)))

@@ -230,11 +230,11 @@ def add_input_check(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_input_check(args: argparse.Namespace) -> int:
-    from training import export
+    from training import bundle_checks
 
     _setup_logging(None)
     out = Path(args.out or args.bundle)
-    bundle = export.add_input_check(Path(args.bundle), Path(args.data), Path(args.split), out)
+    bundle = bundle_checks.add_input_check(Path(args.bundle), Path(args.data), Path(args.split), out)
     print(f"bundle with input check written to {bundle}")
     return 0
 
@@ -265,14 +265,14 @@ def add_population_check(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_population_check(args: argparse.Namespace) -> int:
-    from training import export
+    from training import bundle_checks
 
     _setup_logging(None)
     out = Path(args.out or args.bundle)
     from pneumonia.bundle import Population
 
     declared = Population.model_validate_json(Path(args.population).read_text()) if args.population else None
-    bundle = export.add_population_check(
+    bundle = bundle_checks.add_population_check(
         Path(args.bundle), Path(args.data), Path(args.split), Path(args.adults), out, declared=declared,
         evidence_dir=Path(args.evidence) if args.evidence else None,
     )  # fmt: skip

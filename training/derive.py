@@ -1,6 +1,6 @@
 """A bundle derived from another one (`adapt`, `calibrate`): the source verified and never touched, the new one
 staged next to its target, model.keras changed, model.onnx converted again and parity-checked, and moved into
-place only when all of it succeeded (training/export.py's staging), so a failure leaves no debris."""
+place only when all of it succeeded (training/staging.py), so a failure leaves no debris."""
 
 from __future__ import annotations
 
@@ -66,14 +66,8 @@ def derive_bundle(
     metadata (and card) `metadata(derived, keras_model)` returns."""
     import keras
 
-    from training.export import (
-        PARITY_IMAGES,
-        convert_to_onnx,
-        parity_check,
-        served_model,
-        staged_bundle,
-        write_bundle_metadata,
-    )
+    from training.onnx_export import PARITY_IMAGES, convert_to_onnx, parity_check, served_model
+    from training.staging import staged_bundle, write_bundle_metadata
 
     keep = lambda name: name not in (ONNX_FILENAME, KERAS_FILENAME)  # noqa: E731 - both are rewritten
     with staged_bundle(Path(out_dir), source.path, keep=keep) as staging:

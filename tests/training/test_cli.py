@@ -13,8 +13,7 @@ from training.backbones import WeightsError
 from training.cli import UsageError, build_parser, main
 from training.config import ConfigError
 from training.data import DatasetError
-from training.errors import TrainingError
-from training.export import ExportError
+from training.errors import ExportError, TrainingError
 from training.provenance import ProvenanceError
 from training.report import ReportError
 

@@ -130,10 +130,10 @@ def test_export_refuses_a_drifting_conversion_and_keeps_old_bundle(
     """An ONNX graph that answers differently from the Keras model must never replace a working bundle."""
     import keras
 
-    from training import export
+    from training import export, onnx_export
     from training.backbones import LOGIT_LAYER
 
-    convert = export.convert_to_onnx
+    convert = onnx_export.convert_to_onnx
 
     def convert_a_shifted_model(model, image_size, path):  # a conversion fault: the logit moved by +1
         drifted = keras.models.clone_model(model)

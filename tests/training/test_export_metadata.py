@@ -11,7 +11,8 @@ import pytest
 from pneumonia.bundle import ExplainActivation, FileChecksums, SplitMetrics
 from training import export, layout
 from training.cli import main
-from training.errors import TrainingError
+from training.errors import ExportError, TrainingError
+from training.onnx_export import Conversion
 
 CARD = "# A dataset\n\n- Source: somewhere, 2024\n- License: CC0. Attribute it.\n- Patients: adults from two hospitals. More prose.\n"
 
@@ -21,9 +22,7 @@ def _build(run: export.RunModel):
         run,
         default_point=run.evaluation["default_operating_point"],
         validation=SplitMetrics.model_validate(run.evaluation["validation"]),
-        conversion=export.Conversion(
-            "image", "probability", 1e-6, 1e-3, ExplainActivation(layer="block_6_expand_relu")
-        ),
+        conversion=Conversion("image", "probability", 1e-6, 1e-3, ExplainActivation(layer="block_6_expand_relu")),
         checksums=FileChecksums(onnx_sha256="0" * 64, keras_sha256="1" * 64),
         created_at=datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC),
     )
@@ -71,7 +70,7 @@ def test_local_weights_are_recorded_by_file_name(run_model, tmp_path):
 
 
 def test_a_model_near_chance_is_refused_unless_forced(run_model, caplog):
-    with pytest.raises(export.ExportError, match="near chance.*--force"):
+    with pytest.raises(ExportError, match="near chance.*--force"):
         export.check_quality(_with_auc(run_model, 0.55), force=False)
     with caplog.at_level(logging.WARNING, logger="training.export"):
         export.check_quality(_with_auc(run_model, 0.55), force=True)
@@ -96,4 +95,4 @@ def test_export_command_refuses_a_model_near_chance(tiny_run, tmp_path, capsys):
 
 
 def test_export_errors_are_training_errors():
-    assert issubclass(export.ExportError, TrainingError)
+    assert issubclass(ExportError, TrainingError)
