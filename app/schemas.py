@@ -149,8 +149,8 @@ class Explanation(Prediction):
         },
     )
     heatmap: str = Field(
-        description="Base64 PNG: the map over the image at the uploaded image's size, with a colour "
-        "bar at the right edge. " + COLOUR_SCALE
+        description="Base64 PNG: the map over the image (at most the overlay cap on its longer side, see "
+        "`overlay`), with a colour-scale strip added to the right of the image, never over it. " + COLOUR_SCALE
     )
     heatmap_format: Literal["png"] = "png"
     method: Literal[METHOD_NAMES] = Field(description="Saliency method of the map (?method=)")  # type: ignore[valid-type]

@@ -16,7 +16,12 @@
     gradcam_pp: "Grad-CAM++", hirescam: "HiResCAM", layercam: "LayerCAM", smoothgrad_gradcam: "SmoothGrad Grad-CAM",
     central_blob: "Central-blob baseline", random: "Random baseline",
   };
-  const state = { model: null, result: null, objectUrl: null };
+  // result: the upload's answer; maps: the maps fetched for it, by the class they explain; shown: the map on
+  // screen; label: the label shown at the chosen operating point; pending: the labels whose map is being fetched;
+  // mapError: why the map for the label shown could not be fetched.
+  const state = {
+    model: null, result: null, objectUrl: null, maps: {}, shown: null, label: null, pending: {}, mapError: null,
+  };
   // The API key, once the service asked for one: in this closure only, never in localStorage,
   // sessionStorage, a cookie or a URL, so closing or reloading the page forgets it.
   let apiKey = null;
@@ -392,6 +397,10 @@
 
   function showResult(file, result) {
     state.result = result;
+    state.maps = result.heatmap ? { [explainedOf(result)]: result } : {};
+    state.shown = null;
+    state.pending = {};
+    state.mapError = null;
     if (state.objectUrl) URL.revokeObjectURL(state.objectUrl);
     state.objectUrl = null;
     renderInputCheck(result.input_check);
@@ -467,19 +476,47 @@
     $("overlay-controls").hidden = !layered;
     $("no-explanation").hidden = hasMap;
     $("no-explanation").textContent = hasMap ? "" : "Explanations are unavailable on this service: the prediction is shown without a heatmap.";
-    if (hasMap) {
-      $("overlay").src = `data:image/${result.heatmap_format || "png"};base64,${result.heatmap}`;
-      describeMap(result);
-    }
+    if (hasMap) showMap(result);
     setOpacity(layered ? Number($("opacity").value) : 100);
   }
 
-  // The service explains the label it gave at upload time (`explained_class`; services before it explained
-  // PNEUMONIA only). Re-labelling in the page does not change the map, so the class is named, not implied.
+  // The service's overlay PNG is the image followed, on its right, by a black strip holding its own colour bar,
+  // colour_bar_width(H) = max(16, H // 10) px wide for an overlay H px tall (pneumonia/explain/overlay.py, which
+  // also says so in the API description). The page shows its colour bar beside the image instead (#colour-bar,
+  // outside what the opacity slider fades), so it gives the img the image's aspect ratio and CSS's
+  // `object-fit: cover` from the left edge leaves the strip out: one legend, and the overlay lines up with the
+  // upload beneath it.
+  const colourBarWidth = (height) => Math.max(16, Math.floor(height / 10));
+
+  // Width and height from a base64 PNG's IHDR chunk (its first 24 bytes are exactly 32 base64 characters).
+  function pngSize(base64) {
+    try {
+      const head = atob(base64.slice(0, 32));
+      if (head.slice(1, 4) !== "PNG" || head.slice(12, 16) !== "IHDR") return null;
+      const int = (at) => [0, 1, 2, 3].reduce((value, i) => value * 256 + head.charCodeAt(at + i), 0);
+      return { width: int(16), height: int(20) };
+    } catch (err) {
+      return null;
+    }
+  }
+
+  function showMap(map) {
+    const format = map.heatmap_format || "png";
+    const size = format === "png" ? pngSize(map.heatmap) : null;
+    const imageWidth = size ? size.width - colourBarWidth(size.height) : 0;
+    $("overlay").style.aspectRatio = imageWidth > 0 ? `${imageWidth} / ${size.height}` : "";
+    $("overlay").src = `data:image/${format};base64,${map.heatmap}`;
+    state.shown = map;
+    describeMap(map);
+  }
+
+  const explainedOf = (map) => map.explained_class || "PNEUMONIA"; // services before it explained PNEUMONIA only
+
+  // The service explains the label it gave (`explained_class`); the caption names the class, not implies it.
   // The method is the one the service names (its default changed once already); a service too old to name
   // it gets a neutral "Saliency", not a guess.
   function describeMap(result) {
-    const explained = result.explained_class || "PNEUMONIA";
+    const explained = explainedOf(result);
     const method = METHOD_NAMES[result.method] || result.method || "Saliency";
     const red = explained === "PNEUMONIA"
       ? "the regions that raised the model's pneumonia score the most"
@@ -510,6 +547,64 @@
     $("probability-bar").setAttribute("aria-label",
       `Probability ${fmt(result.probability)} on a scale from 0 to 1; the threshold ${fmt(threshold)} is marked. ` +
       `Label: ${label}.`);
+    if (label !== state.label) state.mapError = null; // a new label: worth asking for its map again
+    state.label = label;
+    matchMap(true);
+  }
+
+  // The map explains the label the service gave when it made it. When another operating point flips the label,
+  // the page asks the service for the map of the new label (GET /explain/{prediction_id} at that operating
+  // point: the service keeps the image for a while, so nothing is uploaded again) and, until it arrives or if it
+  // cannot, says next to the image which label the map on screen explains. Maps already fetched are reused.
+  function matchMap(fetchIfMissing) {
+    const result = state.result;
+    const label = state.label;
+    if (!result || !result.heatmap || !state.shown || !label) return;
+    if (explainedOf(state.shown) === label) return mapNote("");
+    if (state.maps[label]) {
+      showMap(state.maps[label]);
+      return mapNote("");
+    }
+    const shown = explainedOf(state.shown);
+    const where = state.shown.operating_point ? `the label at operating point ${state.shown.operating_point}` :
+      "the label when it was made";
+    const stale = `This map explains ${shown}, ${where}, not ${label}, the label shown above.`;
+    const point = selectedPoint();
+    if (state.mapError) return mapNote(`${stale} The map for ${label} could not be fetched: ${state.mapError}`);
+    if (!result.prediction_id || !point) {
+      return mapNote(`${stale} Upload the image again at this operating point to see the map for ${label}.`);
+    }
+    mapNote(`${stale} Fetching the map for ${label}…`);
+    if (fetchIfMissing && !state.pending[label]) fetchMap(result, point, label);
+  }
+
+  async function fetchMap(result, point, label) {
+    state.pending[label] = true;
+    const query = new URLSearchParams({ operating_point: point.name });
+    if (result.method) query.set("method", result.method);
+    let answer = null;
+    let problem = null;
+    try {
+      answer = await request(`/explain/${encodeURIComponent(result.prediction_id)}?${query}`,
+        { headers: { Accept: "application/json" } });
+    } catch (err) {
+      problem = err.status === 404
+        ? "the service no longer holds this image. Upload it again to see the map for the new label."
+        : problemMessage(err);
+    }
+    if (state.result !== result) return; // another file was chosen meanwhile
+    delete state.pending[label];
+    if (answer && answer.heatmap) state.maps[explainedOf(answer)] = answer;
+    if (state.label === label && !state.maps[label]) {
+      state.mapError = problem || (answer && answer.heatmap
+        ? `the service explained ${explainedOf(answer)} instead.` : "the service sent no map.");
+    }
+    matchMap(false);
+  }
+
+  function mapNote(text) {
+    $("map-note").textContent = text;
+    $("map-note").hidden = !text;
   }
 
   function setOpacity(percent) {

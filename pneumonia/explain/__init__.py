@@ -30,8 +30,9 @@ from pneumonia.explain.methods import (
 from pneumonia.explain.overlay import (
     COLOUR_SCALE,
     JET,
+    add_colour_bar,
     colorize,
-    draw_colour_bar,
+    colour_bar_width,
     encode_png,
     overlay,
 )
@@ -56,10 +57,11 @@ __all__ = [
     "SaliencyMethod",
     "SmoothGradCAM",
     "activation_layer",
+    "add_colour_bar",
     "build_method",
     "class_sign",
     "colorize",
-    "draw_colour_bar",
+    "colour_bar_width",
     "encode_map",
     "encode_png",
     "layer_at_stride",

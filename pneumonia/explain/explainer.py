@@ -22,7 +22,7 @@ from pneumonia.explain.methods import (
     SmoothGradCAM,
     class_sign,
 )
-from pneumonia.explain.overlay import draw_colour_bar, encode_png, overlay
+from pneumonia.explain.overlay import add_colour_bar, encode_png, overlay
 
 # name -> (class, layers). Layers are the bundle's Grad-CAM layer ("bundle"; out_relu, 6x6 at 192 px, for
 # MobileNetV2) or the last layer of the backbone at 1/8 or 1/16 of the input ("stride8": block_6_expand_relu,
@@ -93,8 +93,9 @@ def encode_map(values: np.ndarray) -> str:
     return base64.b64encode(np.ascontiguousarray(values, dtype="<f4").tobytes()).decode("ascii")
 
 
-# The overlay is sent at most this large on its longer side (aspect kept): a 4000x4000 film's full-size overlay
-# was 10 MB of JSON, far more than a screen shows. None (/explain?overlay=full) keeps the image's size.
+# The overlay's image is sent at most this large on its longer side (aspect kept): a 4000x4000 film's full-size
+# overlay was 10 MB of JSON, far more than a screen shows. None (/explain?overlay=full) keeps the image's size.
+# The colour bar's strip is added beside the (capped) image, so the PNG is colour_bar_width(H) px wider.
 OVERLAY_MAX_SIDE = 1024
 
 
@@ -112,7 +113,9 @@ def shrink_to(pixels: np.ndarray, max_side: int | None) -> np.ndarray:
 
 @dataclass(frozen=True)
 class ExplanationResult:
-    png: bytes  # overlay with colour bar, at the uploaded image's size (capped at OVERLAY_MAX_SIDE unless asked)
+    # the overlay at the uploaded image's size (capped at OVERLAY_MAX_SIDE unless asked), then the colour bar's
+    # strip to its right: (H, W + colour_bar_width(H)) pixels
+    png: bytes
     values: np.ndarray  # (H, W) float32 in [0, 1] at the model-input resolution
     method: str
     layers: tuple[str, ...]
@@ -182,5 +185,5 @@ class Explainer:
             values = chosen.maps_from_activation(activation, sign)[0][0]
         else:
             values = chosen(batch, sign)[0]
-        png = encode_png(draw_colour_bar(overlay(pixels, values)))
+        png = encode_png(add_colour_bar(overlay(pixels, values)))
         return ExplanationResult(png, values, name, chosen.layers, explained_class)

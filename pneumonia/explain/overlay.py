@@ -1,10 +1,15 @@
-"""Drawing a map over an image: the colour scale, the blend, a labelled colour bar, PNG encoding.
+"""Drawing a map over an image: the colour scale, the blend, a labelled colour bar beside it, PNG encoding.
 
 Pure functions of arrays, free of TensorFlow and of any web framework:
 
     rgb = overlay(gray_uint8, heatmap)     # (H, W, 3) uint8 at the image's own size
-    rgb = draw_colour_bar(rgb)             # the scale, drawn inside the image (its size is unchanged)
+    rgb = add_colour_bar(rgb)              # (H, W + colour_bar_width(H), 3): the scale in a strip to the right
     png = encode_png(rgb)
+
+The colour bar sits in a black strip added to the right of the image, never over it: a bar drawn inside the
+image covered the lateral chest wall, where the evidence often is (issue 20). A client that wants the image
+alone keeps the PNG's left `width - colour_bar_width(height)` columns (the page at `/` does, and draws its own
+legend beside the image; app/static/app.js repeats `colour_bar_width`).
 
 What the colours mean (also in the README and the /explain OpenAPI description): the map is scaled per
 image so that its largest value is 1. Blue (0) marks regions with no evidence for the explained class,
@@ -21,10 +26,18 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+# The colour bar's strip: max(COLOUR_BAR_MIN_WIDTH, H // COLOUR_BAR_HEIGHT_DIVISOR) px wide beside an image H px
+# tall (colour_bar_width; COLOUR_SCALE states the formula for API clients, app/static/app.js repeats it).
+COLOUR_BAR_MIN_WIDTH = 16
+COLOUR_BAR_HEIGHT_DIVISOR = 10
+
 COLOUR_SCALE = (
     "jet colour scale over the map's 0..1 values: blue = 0 (no evidence for the explained class), "
     "cyan/green = 0.25-0.5, yellow = 0.75, red = 1 (strongest evidence in this image; the map is scaled so "
-    "its maximum is 1, so colours are relative within one image). Blended over the X-ray at 40% opacity."
+    "its maximum is 1, so colours are relative within one image). Blended over the X-ray at 40% opacity. The colour "
+    "bar is drawn in a black strip to the right of the image, outside it, covering none of it: the strip is "
+    f"max({COLOUR_BAR_MIN_WIDTH}, H // {COLOUR_BAR_HEIGHT_DIVISOR}) px wide for an overlay H px tall, so the image "
+    "is the PNG's left (width - strip) columns."
 )
 
 
@@ -70,39 +83,44 @@ def overlay(gray: np.ndarray, heatmap: np.ndarray, alpha: float = 0.4) -> np.nda
     return np.asarray(Image.blend(Image.fromarray(gray).convert("RGB"), colours, alpha))
 
 
-def draw_colour_bar(rgb: np.ndarray) -> np.ndarray:
-    """A copy of `rgb` with the colour scale drawn inside its right edge: 1 at the top, 0 at the bottom.
+def colour_bar_width(height: int) -> int:
+    """Columns of the strip that `add_colour_bar` adds to the right of an image `height` pixels tall."""
+    return max(COLOUR_BAR_MIN_WIDTH, height // COLOUR_BAR_HEIGHT_DIVISOR)
 
-    The bar covers the middle half of the height and ~3% of the width, on a black frame so it reads on any
-    X-ray; its labels ("1", "0") are drawn only where the image is large enough to hold them legibly.
+
+def add_colour_bar(rgb: np.ndarray) -> np.ndarray:
+    """`rgb` (H, W, 3) uint8 with a black strip of `colour_bar_width(H)` columns added to its right, holding the
+    colour scale: 1 at the top, 0 at the bottom. The image's own pixels are copied unchanged.
+
+    The bar spans the middle half of the height; its labels ("1", "0") stand to its right, drawn only where the
+    image is tall enough to hold them legibly (and the bar alone is left out below 8 rows).
     """
-    rgb = np.array(rgb, dtype=np.uint8, copy=True)
+    rgb = np.asarray(rgb, dtype=np.uint8)
     if rgb.ndim != 3 or rgb.shape[2] != 3:
         raise ValueError(f"expected (H, W, 3) uint8 RGB, got {rgb.shape}")
-    height, width = rgb.shape[:2]
-    bar_w, bar_h = max(2, width // 32), max(4, height // 2)
-    if bar_w + 4 > width or bar_h + 4 > height:
-        return rgb  # too small to hold a bar
-    right, top = width - max(2, width // 64), (height - bar_h) // 2
-    left = right - bar_w
-    rgb[top - 1 : top + bar_h + 1, left - 1 : right + 1] = 0
-    rgb[top : top + bar_h, left:right] = colorize(np.linspace(1.0, 0.0, bar_h))[:, None, :]
-    if height >= 128 and width >= 128:
-        image = Image.fromarray(rgb)
-        draw = ImageDraw.Draw(image)
-        font = _label_font(max(10, height // 40))
-        for text, y in (("1", top), ("0", top + bar_h)):
-            box = draw.textbbox((0, 0), text, font=font, anchor="rm")
-            x = left - 3
-            draw.rectangle((x + box[0] - 2, y + box[1] - 2, x + 1, y + box[3] + 2), fill=(0, 0, 0))
-            draw.text((x, y), text, fill=(255, 255, 255), font=font, anchor="rm")
-        rgb = np.asarray(image)
-    return rgb
+    height = rgb.shape[0]
+    strip_w = colour_bar_width(height)
+    strip = np.zeros((height, strip_w, 3), np.uint8)
+    if height >= 8:
+        margin = max(2, strip_w // 8)
+        bar_w, bar_h = max(3, strip_w // 4), max(4, height // 2)
+        top = (height - bar_h) // 2
+        strip[top - 1 : top + bar_h + 1, margin - 1 : margin + bar_w + 1] = 96  # a grey frame: reads on black
+        strip[top : top + bar_h, margin : margin + bar_w] = colorize(np.linspace(1.0, 0.0, bar_h))[:, None, :]
+        if height >= 128:
+            image = Image.fromarray(strip)
+            draw = ImageDraw.Draw(image)
+            font = _label_font(max(10, height // 40))
+            x = margin + bar_w + max(3, strip_w // 16)
+            for text, y in (("1", top), ("0", top + bar_h)):
+                draw.text((x, y), text, fill=(255, 255, 255), font=font, anchor="lm")
+            strip = np.asarray(image)
+    return np.concatenate([rgb, strip], axis=1)
 
 
 @lru_cache(maxsize=16)
 def _label_font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
-    return ImageFont.load_default(size=size)  # loading it was a third of draw_colour_bar's time
+    return ImageFont.load_default(size=size)  # loading it was a third of the colour bar's drawing time
 
 
 def encode_png(rgb: np.ndarray) -> bytes:

@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from pneumonia.bundle import RESEARCH_DISCLAIMER
+from pneumonia.explain import colour_bar_width
 
 
 def png_bytes(pixels: np.ndarray) -> bytes:
@@ -159,7 +160,8 @@ def test_explain_json_and_png(make_app, sample_jpeg):
     body = run(call(app, "POST", "/explain", files={"file": ("a", sample_jpeg)})).json()
     overlay = Image.open(io.BytesIO(base64.b64decode(body["heatmap"])))
     assert body["heatmap_format"] == "png" and overlay.mode == "RGB"
-    assert overlay.size == (body["input"]["width"], body["input"]["height"])
+    width, height = body["input"]["width"], body["input"]["height"]
+    assert overlay.size == (width + colour_bar_width(height), height)  # the image, then the colour bar's strip
     png = run(call(app, "POST", "/explain?format=png", files={"file": ("a", sample_jpeg)}))
     assert png.headers["content-type"] == "image/png"
     assert png.headers["x-disclaimer"] == RESEARCH_DISCLAIMER

@@ -1,4 +1,5 @@
-"""pneumonia.explain: every saliency method's contract, the class sign, the overlay and its colour bar."""
+"""pneumonia.explain: every saliency method's contract, the class sign, the overlay and its colour bar (beside the
+image, never over it: issue 20)."""
 
 import base64
 import io
@@ -20,7 +21,8 @@ from pneumonia.explain import (
     HiResCAM,
     LayerCAM,
     RandomMap,
-    draw_colour_bar,
+    add_colour_bar,
+    colour_bar_width,
     encode_map,
     encode_png,
     layer_at_stride,
@@ -125,7 +127,11 @@ def test_every_method_gives_a_map_at_the_model_input_in_0_1(loaded_service, name
     assert result.values.shape == size and result.values.dtype == np.float32
     assert np.all(np.isfinite(result.values)) and result.values.min() >= 0.0 and result.values.max() <= 1.0
     assert len(result.layers) == len(METHODS[name][1])
-    assert Image.open(io.BytesIO(result.png)).size == (gray.shape[1], gray.shape[0])
+    png = np.asarray(Image.open(io.BytesIO(result.png)))
+    height, width = gray.shape
+    assert png.shape == (height, width + colour_bar_width(height), 3)
+    # the image's columns are the overlay itself: the colour bar hides none of it
+    assert np.array_equal(png[:, :width], overlay(gray, result.values))
 
 
 def test_unknown_method_is_refused(loaded_service):
@@ -198,19 +204,29 @@ def test_overlay_rejects_invalid_input(gray, heatmap):
         overlay(gray, heatmap)
 
 
-def test_colour_bar_runs_red_at_the_top_to_blue_at_the_bottom_inside_the_image():
+def test_colour_bar_stands_in_a_strip_beside_the_image_red_at_the_top_to_blue_at_the_bottom():
     rgb = np.full((400, 300, 3), 128, np.uint8)
-    out = draw_colour_bar(rgb)
-    assert out.shape == rgb.shape and not np.array_equal(out, rgb) and np.array_equal(rgb, np.full_like(rgb, 128))
-    column = out[:, 300 - 300 // 64 - 2]  # inside the bar
-    coloured = np.flatnonzero(np.any(column != 128, axis=1) & np.any(column != 0, axis=1))
-    top, bottom = column[coloured[0] + 1].astype(int), column[coloured[-1] - 1].astype(int)
+    out = add_colour_bar(rgb)
+    strip = colour_bar_width(400)
+    assert strip == 40 and out.shape == (400, 300 + strip, 3) and out.dtype == np.uint8
+    assert np.array_equal(out[:, :300], rgb)  # the image untouched: nothing drawn over it
+    assert np.array_equal(rgb, np.full_like(rgb, 128))  # the input too
+    bar = out[:, 300:]
+    column = bar[:, strip // 8 + 1]  # inside the bar
+    coloured = np.flatnonzero(np.ptp(column.astype(int), axis=1) > 100)  # saturated jet colours, not grey/black
+    assert 0.45 * 400 < len(coloured) <= 0.5 * 400 + 2
+    top, bottom = column[coloured[0]].astype(int), column[coloured[-1]].astype(int)
     assert top[0] > top[2] and bottom[2] > bottom[0]
+    assert (bar[:50] == 0).all() and (bar[-50:] == 0).all()  # black above and below the bar
+    white = np.flatnonzero((bar.min(axis=2) > 200).any(axis=0))
+    assert white.size and white.min() > strip // 8 + strip // 4  # the labels, right of the bar
 
 
-def test_colour_bar_leaves_a_tiny_image_alone():
-    rgb = np.zeros((6, 6, 3), np.uint8)
-    assert np.array_equal(draw_colour_bar(rgb), rgb)
+@pytest.mark.parametrize("height", [1, 6, 40, 127, 128, 1024, 3000])
+def test_colour_bar_strip_width_follows_the_height_only(height):
+    rgb = np.zeros((height, 7, 3), np.uint8)
+    assert colour_bar_width(height) == max(16, height // 10)
+    assert add_colour_bar(rgb).shape == (height, 7 + colour_bar_width(height), 3)
 
 
 def test_jet_lut_runs_blue_to_red():

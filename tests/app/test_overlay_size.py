@@ -1,5 +1,6 @@
 """/explain's overlay is capped for large films (a 4000x4000 film's full overlay was 10 MB of JSON), unless the
-caller asks for the full size; the map itself is unchanged."""
+caller asks for the full size; the map itself is unchanged. The cap is on the image in the overlay: the colour
+bar's strip (pneumonia.explain.colour_bar_width) stands beside it, never over it."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import httpx
 import numpy as np
 from PIL import Image
 
-from pneumonia.explain import OVERLAY_MAX_SIDE
+from pneumonia.explain import OVERLAY_MAX_SIDE, colour_bar_width
 from tests.media import gray_of, png
 
 
@@ -26,7 +27,8 @@ def test_a_large_film_gets_a_capped_overlay_unless_full_is_asked(make_app, sampl
     capped, full = asyncio.run(explain()), asyncio.run(explain(overlay="full"))
     capped_png = Image.open(io.BytesIO(base64.b64decode(capped["heatmap"])))
     full_png = Image.open(io.BytesIO(base64.b64decode(full["heatmap"])))
-    assert capped_png.size == (OVERLAY_MAX_SIDE, round(1500 * OVERLAY_MAX_SIDE / 2000))  # aspect kept
-    assert full_png.size == (2000, 1500)
+    capped_height = round(1500 * OVERLAY_MAX_SIDE / 2000)  # aspect kept
+    assert capped_png.size == (OVERLAY_MAX_SIDE + colour_bar_width(capped_height), capped_height)
+    assert full_png.size == (2000 + colour_bar_width(1500), 1500)
     assert capped["map"] == full["map"] and capped["probability"] == full["probability"]
     assert np.asarray(capped_png).std() > 0

@@ -13,6 +13,7 @@ from PIL import Image
 
 from app.score import main
 from pneumonia.batch import COLUMNS
+from pneumonia.explain import colour_bar_width
 from pneumonia.imaging import decode_image
 from tests.media import dicom, gray_of, png
 
@@ -145,7 +146,10 @@ def test_overlays_one_png_per_decodable_image(archive, tmp_path, tiny_bundle):
     assert written == sorted(f"{r}.png" for r in GOOD)
     for relative in GOOD:
         image = decode_image((archive / relative).read_bytes())
-        assert Image.open(overlays / f"{relative}.png").size == (image.width, image.height)
+        assert Image.open(overlays / f"{relative}.png").size == (
+            image.width + colour_bar_width(image.height),
+            image.height,
+        )
     assert set(rows) == set(GOOD) | set(BAD)
 
 

@@ -11,12 +11,15 @@ import io
 import json
 import shutil
 
+import httpx
+import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFont
 
 from app.api.errors import error_body
 from pneumonia.bundle import METADATA_FILENAME
 from pneumonia.errors import ErrorCode
+from pneumonia.explain import colour_bar_width
 from tests.media import dicom, gray_of
 from tests.support import REPO_ROOT
 
@@ -133,7 +136,7 @@ def test_an_xray_shows_label_probability_heatmap_and_disclaimer(page, traffic):
     assert page.get_attribute("#overlay", "alt") and page.get_attribute("#original", "alt")
     assert page.is_visible("#disclaimer") and page.is_visible(".legend")
     assert "not a localisation of disease" in page.inner_text(".legend")
-    # the map names its method and the class it explains (the label at upload time), whatever the selector says later
+    # the map names its method and the class it explains (the label at the operating point of the upload)
     assert page.inner_text("#overlay-caption").startswith(
         f"{METHOD_LABELS[body['method']]} overlay — explains {body['explained_class']}"
     )
@@ -187,6 +190,145 @@ def test_switching_the_operating_point_relabels_without_uploading_again(page, tr
     assert traffic.posts_to("/explain") == 1 and traffic.posts_to("/predict") == 0
 
 
+def box_of(page, selector: str) -> dict:
+    return page.eval_on_selector(selector, "e => { const r = e.getBoundingClientRect(); "
+                                 "return {x: r.x, y: r.y, width: r.width, height: r.height}; }")  # fmt: skip
+
+
+def overlaps(a: dict, b: dict) -> bool:
+    return (a["x"] < b["x"] + b["width"] and b["x"] < a["x"] + a["width"]
+            and a["y"] < b["y"] + b["height"] and b["y"] < a["y"] + a["height"])  # fmt: skip
+
+
+# the opacity an element is drawn with: its own times every ancestor's
+DRAWN_OPACITY = """e => { let o = 1; for (let n = e; n; n = n.parentElement) o *= Number(getComputedStyle(n).opacity);
+                          return o; }"""
+
+
+def test_the_colour_bar_stands_beside_the_image_and_does_not_fade_with_the_map(page):
+    """Issue 20: the colour bar was drawn inside the overlay, over the lateral chest wall, and faded with the
+    opacity slider. The service's PNG now holds it in a strip beside the image; the page crops that strip away
+    and shows one colour bar of its own, beside the image, outside what the slider fades."""
+    open_page(page)
+    answer = upload(page, "/explain", file_payload(PNEUMONIA_SAMPLE))
+    assert answer.status == 200, answer.text()
+    body = answer.json()
+    wait_for_result(page)
+    width, height = body["input"]["width"], body["input"]["height"]
+    png = Image.open(io.BytesIO(base64.b64decode(body["heatmap"])))
+    assert png.size == (width + colour_bar_width(height), height)  # the strip is beside the image in the PNG too
+    bar, overlay, base = box_of(page, "#colour-bar"), box_of(page, "#overlay"), box_of(page, "#overlay-base")
+    assert page.is_visible("#colour-bar") and bar["height"] > 0.5 * overlay["height"]
+    assert not overlaps(bar, overlay) and not overlaps(bar, base) and bar["x"] >= overlay["x"] + overlay["width"]
+    # the page shows the PNG's image only, exactly over the upload: the PNG's own colour bar stays out of view
+    assert page.eval_on_selector("#overlay", "img => getComputedStyle(img).objectFit") == "cover"
+    assert page.eval_on_selector("#overlay", "img => img.style.aspectRatio") == f"{width} / {height}"
+    assert all(overlay[k] == pytest.approx(base[k], abs=1) for k in ("x", "y", "width", "height"))
+    shot = np.asarray(Image.open(io.BytesIO(page.locator("#overlay").screenshot())).convert("RGB"))
+    right_edge = shot[: shot.shape[0] // 4, -3:]  # where the PNG's strip is black (its bar is in the middle half)
+    assert right_edge.max(axis=2).mean() > 30, "the PNG's colour bar strip is shown on the page"
+    # one colour scale on the page: the one beside the image
+    assert page.locator("#colour-bar").count() == 1 and page.locator(".legend-scale").count() == 0
+    for percent in (40, 0):
+        page.eval_on_selector("#opacity", f"r => {{ r.value = '{percent}'; r.dispatchEvent(new Event('input')); }}")
+        assert page.eval_on_selector("#overlay", DRAWN_OPACITY) == pytest.approx(percent / 100)
+        assert page.eval_on_selector("#colour-bar", DRAWN_OPACITY) == 1
+        assert page.is_visible("#colour-bar")
+
+
+@pytest.fixture(scope="module")
+def flipping_xray(service):
+    """A real X-ray whose label differs between the default operating point and another one: a NORMAL and a
+    PNEUMONIA sample blended, the blend found by bisection on the service's own probability (the committed
+    samples are all far from every threshold). Returns (payload, probability, default point, other point)."""
+    model = httpx.get(f"{service.base_url}/model", timeout=60).json()
+    points = {p["name"]: p for p in model["operating_points"]}
+    default = points[model["default_operating_point"]]
+    other = max(points.values(), key=lambda p: abs(p["threshold"] - default["threshold"]))
+    low, high = sorted((default["threshold"], other["threshold"]))
+    normal = Image.open(NORMAL_SAMPLE).convert("L")
+    pneumonia = Image.open(PNEUMONIA_SAMPLE).convert("L").resize(normal.size)
+
+    def probability(payload: dict) -> float:
+        files = {"file": (payload["name"], payload["buffer"], payload["mimeType"])}
+        answer = httpx.post(f"{service.base_url}/predict", files=files, timeout=60)
+        assert answer.status_code == 200, answer.text
+        return answer.json()["probability"]
+
+    weights = [0.0, 1.0]  # blend weight of the PNEUMONIA sample: its probability below `low`, above `high`
+    assert probability(jpeg_payload(normal, "n.jpeg")) <= low < high <= probability(jpeg_payload(pneumonia, "p.jpeg"))
+    for _ in range(12):
+        weight = sum(weights) / 2
+        payload = jpeg_payload(Image.blend(normal, pneumonia, weight), "blend.jpeg")
+        p = probability(payload)
+        if low < p < high:
+            return payload, p, default, other
+        weights[p >= high] = weight
+    pytest.fail(f"no blend between thresholds {low} and {high}")
+
+
+def explain_gets(traffic) -> int:
+    return sum(1 for url in traffic.urls if url.startswith("GET ") and "/explain/" in url)
+
+
+def test_a_flipped_label_gets_the_map_of_the_new_label(page, traffic, flipping_xray):
+    """Issue 20: after switching the operating point the label flipped while the overlay still said 'explains
+    NORMAL'. The page now asks the service for the map of the new label (GET /explain/{id} at the chosen
+    operating point, no second upload) and shows it; switching back shows the first map again, unasked."""
+    payload, probability, default, other = flipping_xray
+    open_page(page)
+    answer = upload(page, "/explain", payload)
+    assert answer.status == 200, answer.text()
+    body = answer.json()
+    first, flipped = expected_label(probability, default["threshold"]), expected_label(probability, other["threshold"])
+    assert first != flipped and body["label"] == body["explained_class"] == first
+    wait_for_result(page)
+    assert f"explains {first}" in page.inner_text("#overlay-caption") and not page.is_visible("#map-note")
+    with page.expect_response(lambda r: r.request.method == "GET" and "/explain/" in r.url) as again:
+        page.select_option("#operating-point", other["name"])
+    assert again.value.status == 200, again.value.text()
+    explained = again.value.json()
+    assert body["prediction_id"] in again.value.url and f"operating_point={other['name']}" in again.value.url
+    assert explained["explained_class"] == flipped and explained["method"] == body["method"]
+    page.wait_for_function(
+        f"() => document.getElementById('overlay-caption').textContent.includes('explains {flipped}')"
+    )
+    assert page.inner_text("#label") == flipped
+    assert page.get_attribute("#overlay", "src") == f"data:image/png;base64,{explained['heatmap']}"
+    assert not page.is_visible("#map-note")
+    # back to the first operating point: the first map again, from memory
+    page.select_option("#operating-point", default["name"])
+    assert page.inner_text("#label") == first and f"explains {first}" in page.inner_text("#overlay-caption")
+    assert page.get_attribute("#overlay", "src") == f"data:image/png;base64,{body['heatmap']}"
+    page.select_option("#operating-point", other["name"])
+    assert f"explains {flipped}" in page.inner_text("#overlay-caption")
+    assert explain_gets(traffic) == 1 and traffic.posts_to("/explain") == 1
+
+
+def test_when_the_new_labels_map_cannot_be_had_the_page_says_which_label_the_map_explains(page, flipping_xray):
+    """The service keeps the image for GET /explain/{id} only for a while: once it has forgotten it, the page
+    keeps the map it has and says, next to it, that it explains the other label."""
+    payload, probability, default, other = flipping_xray
+    body = error_body(ErrorCode.PREDICTION_NOT_FOUND, "No recent prediction with this id: it is unknown or expired.")
+    page.route(lambda url: "/explain/" in url, lambda route: route.fulfill(status=404, json=body))
+    open_page(page)
+    assert upload(page, "/explain", payload).status == 200
+    wait_for_result(page)
+    first, flipped = expected_label(probability, default["threshold"]), expected_label(probability, other["threshold"])
+    page.select_option("#operating-point", other["name"])
+    assert page.inner_text("#label") == flipped
+    page.wait_for_selector("#map-note:not([hidden])")
+    page.wait_for_function("() => document.getElementById('map-note').textContent.includes('could not be fetched')")
+    note = page.inner_text("#map-note")
+    assert f"This map explains {first}, the label at operating point {default['name']}, not {flipped}" in note
+    assert "Upload it again" in note
+    assert f"explains {first}" in page.inner_text("#overlay-caption")
+    # the note stands next to the image, in its figure
+    assert page.eval_on_selector("#map-note", "n => n.closest('figure').id") == "overlay-figure"
+    page.select_option("#operating-point", default["name"])
+    assert not page.is_visible("#map-note")
+
+
 def test_a_dicom_shows_the_overlay_alone_with_a_note(page):
     page.goto("/")
     pixels = (gray_of(PNEUMONIA_SAMPLE).astype("uint16") * 16).clip(0, 4095)
@@ -201,6 +343,11 @@ def test_a_dicom_shows_the_overlay_alone_with_a_note(page):
     assert page.is_visible("#dicom-note") and not page.is_visible("#original-figure")
     assert image_loaded(page, "#overlay") and page.is_visible("#overlay")
     assert page.inner_text("#label") == answer.json()["label"]
+    # alone, the overlay still shows the image only, its colour bar's strip cropped away, the page's bar beside it
+    image = answer.json()["input"]
+    shown = box_of(page, "#overlay")
+    assert shown["width"] / shown["height"] == pytest.approx(image["width"] / image["height"], rel=0.01)
+    assert page.is_visible("#colour-bar") and not overlaps(box_of(page, "#colour-bar"), shown)
 
 
 def test_a_non_xray_is_refused_and_the_page_says_why(page):

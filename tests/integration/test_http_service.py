@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from pneumonia.bundle import RESEARCH_DISCLAIMER
+from pneumonia.explain import colour_bar_width
 from tests.media import dicom, gray_of, png, png_bomb, png_variants
 from tests.support import copy_bundle
 
@@ -59,7 +60,8 @@ def test_predict_and_explain_sample_jpegs(client, sample_images, label):
         explained = ok(upload(client, data, "/explain"))
         assert explained["probability"] == pytest.approx(predicted["probability"], abs=1e-6)
         overlay = Image.open(io.BytesIO(base64.b64decode(explained["heatmap"])))
-        assert overlay.size == Image.open(path).size
+        width, height = Image.open(path).size
+        assert overlay.size == (width + colour_bar_width(height), height)  # the image, then the colour bar's strip
 
 
 def test_png_variants_of_the_same_image_agree(client, sample_images):
@@ -146,7 +148,8 @@ def test_explain_by_prediction_id_and_png_format(client, sample_images):
     image = client.get(f"/explain/{predicted['prediction_id']}", params={"format": "png"})
     assert image.headers["content-type"] == "image/png" and image.headers["x-disclaimer"] == RESEARCH_DISCLAIMER
     assert image.headers["x-label"] == predicted["label"]
-    assert Image.open(io.BytesIO(image.content)).size == (predicted["input"]["width"], predicted["input"]["height"])
+    width, height = predicted["input"]["width"], predicted["input"]["height"]
+    assert Image.open(io.BytesIO(image.content)).size == (width + colour_bar_width(height), height)
     unknown = client.get("/explain/" + "f" * 32)
     assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "prediction_not_found"
 

@@ -20,6 +20,7 @@ from app.main import create_app
 from app.service import ModelService
 from pneumonia.bundle import RESEARCH_DISCLAIMER
 from pneumonia.dicom.sc import banner_height
+from pneumonia.explain import colour_bar_width
 from tests.pacs.conftest import SHIPPED
 from tests.pacs.dicoms import chest_cr, head_ct, not_a_chest_cr, to_bytes
 from tests.support import REPO_ROOT, run_coroutine
@@ -78,7 +79,8 @@ def test_explain_answers_a_dicom_upload_with_a_secondary_capture(app, source):
     assert capture.SOPClassUID == pydicom.uid.SecondaryCaptureImageStorage
     assert capture.StudyInstanceUID == source.StudyInstanceUID
     assert "RESEARCH USE ONLY" in capture.SeriesDescription
-    assert capture.pixel_array.shape == (banner_height(source.Columns) + source.Rows, source.Columns, 3)
+    width = source.Columns + colour_bar_width(source.Rows)  # the overlay, then its colour bar's strip
+    assert capture.pixel_array.shape == (banner_height(width) + source.Rows, width, 3)
     assert capture.SourceImageSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
 
 

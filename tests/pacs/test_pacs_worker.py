@@ -33,6 +33,7 @@ from pneumonia.bundle import RESEARCH_DISCLAIMER
 from pneumonia.dicom import RESEARCH_BANNER, SC_SERIES_DESCRIPTION, SR_SERIES_DESCRIPTION
 from pneumonia.dicom.sc import banner_height
 from pneumonia.dicom.worker import Query, Worker
+from pneumonia.explain import colour_bar_width
 from tests.pacs.conftest import SHIPPED
 from tests.pacs.dicoms import chest_cr, chest_cr_jpeg, head_ct, not_a_chest_cr, to_bytes
 from tests.pacs.orthanc import USER
@@ -207,8 +208,9 @@ def test_the_secondary_capture_has_pixels_and_the_banner_burned_in(first_pass, o
         assert capture.SOPClassUID == pydicom.uid.SecondaryCaptureImageStorage
         assert capture.StudyInstanceUID == source.StudyInstanceUID and capture.ContentQualification == "RESEARCH"
         pixels = capture.pixel_array
-        band = banner_height(source.Columns)
-        assert pixels.shape == (band + source.Rows, source.Columns, 3) and pixels.dtype == np.uint8
+        width = source.Columns + colour_bar_width(source.Rows)  # the image, then the colour bar's strip beside it
+        band = banner_height(width)
+        assert pixels.shape == (band + source.Rows, width, 3) and pixels.dtype == np.uint8
         # below the banner: the overlay /explain gives for the same file, untouched
         explanation = shipped_model.explain_prediction(shipped_model.predict(to_bytes(source)))
         overlay = np.asarray(Image.open(io.BytesIO(explanation.overlay_png)).convert("RGB"))

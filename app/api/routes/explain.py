@@ -43,8 +43,9 @@ MethodQuery = Annotated[
 ]
 OverlayQuery = Annotated[
     Literal["capped", "full"],
-    Query(description=f"capped (default): the overlay at most {OVERLAY_MAX_SIDE} px on its longer side; full: at "
-          "the uploaded image's size (a large film makes a large response)"),
+    Query(description=f"capped (default): the image in the overlay at most {OVERLAY_MAX_SIDE} px on its longer side "
+          "(the colour-scale strip beside it adds a little width); full: at the uploaded image's size (a large "
+          "film makes a large response)"),
 ]  # fmt: skip
 
 
