@@ -92,8 +92,7 @@ class ModelService:
         explain: bool,
         overlay_max_side: int | None,
     ) -> Prediction | Explanation:
-        image = self.model.decode(data)
-        assessed = self.model.assess(image, policy, activation=explain)  # one ONNX run, shared with the map
+        assessed = self.model.decode_and_assess(data, policy, activation=explain)  # one ONNX run, shared with the map
         prediction = self.model.prediction(assessed.image, assessed.probability, assessed.check, decision)
         if not explain:
             return prediction

@@ -8,15 +8,19 @@ import contextlib
 import json
 import os
 import platform
+import re
 import shlex
+import shutil
+import subprocess
 import sys
+import tempfile
 import time
 from datetime import UTC, datetime
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 
 from app.config import Settings
-from bench.floor import measure_floor
+from bench.floor import measure_floor, measure_throughput
 from bench.loadgen import Upload, round_trip, run_level
 from bench.report import compute_ratios, evaluate_targets, render_markdown
 from bench.servers import REPO_ROOT, Server, clean_env
@@ -50,12 +54,16 @@ def _cpu_times() -> tuple[int, int]:
     return sum(fields), idle
 
 
+def busy_between(start: tuple[int, int], end: tuple[int, int]) -> float:
+    """System-wide CPU busy % between two `_cpu_times()` readings."""
+    return round(100.0 * (1 - (end[1] - start[1]) / max(end[0] - start[0], 1)), 1)
+
+
 def busy_percent(seconds: float = 2.0) -> float:
     """System-wide CPU busy % over `seconds` (while this process sleeps)."""
-    total0, idle0 = _cpu_times()
+    start = _cpu_times()
     time.sleep(seconds)
-    total1, idle1 = _cpu_times()
-    return round(100.0 * (1 - (idle1 - idle0) / max(total1 - total0, 1)), 1)
+    return busy_between(start, _cpu_times())
 
 
 def other_cpu_processes() -> list[str]:
@@ -242,6 +250,26 @@ async def bench_baseline(bundle: Path, uploads: list[Upload], args) -> dict:
     }
 
 
+def bench_score(bundle: Path, paths: list[Path], files: int) -> dict:
+    """`python -m app.score` over `files` copies of the samples, as a user runs it: its own images/s line."""
+    with tempfile.TemporaryDirectory(prefix="bench-score-") as tmp:
+        folder = Path(tmp) / "images"
+        folder.mkdir()
+        for i in range(files):
+            shutil.copy(paths[i % len(paths)], folder / f"{i:05d}_{paths[i % len(paths)].name}")
+        command = [sys.executable, "-m", "app.score", str(folder), "--out", str(Path(tmp) / "scores.csv"),
+                   "--model-dir", str(bundle)]  # fmt: skip
+        started = time.perf_counter()
+        done = subprocess.run(command, capture_output=True, text=True, env=clean_env(), timeout=900)
+        wall = time.perf_counter() - started
+    found = re.search(r"scored (\d+) files \((\d+) not answered\) in ([\d.]+) s, ([\d.]+) images/s", done.stderr)
+    if done.returncode != 0 or found is None:
+        raise RuntimeError(f"app.score failed (exit {done.returncode}): {done.stderr[-500:]}")
+    log(f"  app.score: {found[1]} files in {found[3]} s, {found[4]} images/s ({wall:.1f} s with start-up)")
+    return {"files": int(found[1]), "not_answered": int(found[2]), "scoring_s": float(found[3]),
+            "images_per_s": float(found[4]), "wall_s_with_startup": round(wall, 1)}  # fmt: skip
+
+
 # --- main ------------------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
@@ -268,6 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--overload-requests", type=int, help="requests beyond the concurrency limit (default 400)")
     parser.add_argument("--floor-iterations", type=int, help="timed calls per floor step (default 500)")
+    parser.add_argument("--score-files", type=int, help="files `python -m app.score` scores (default 600)")
     parser.add_argument(
         "--skip-baseline", action="store_true", help="do not start the Keras baseline (no speed-up ratios)"
     )
@@ -285,6 +314,7 @@ def resolve_counts(args: argparse.Namespace) -> None:
     args.memory_requests = args.memory_requests or (200 if quick else 2000)
     args.overload_requests = args.overload_requests or (120 if quick else 400)
     args.floor_iterations = args.floor_iterations or (100 if quick else 500)
+    args.score_files = args.score_files or (60 if quick else 600)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -299,6 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     started_at = datetime.now(UTC).isoformat(timespec="seconds")
     t0 = time.perf_counter()
     machine = machine_info(2.0 if args.quick else 5.0)
+    cpu_at_start = _cpu_times()
     if machine["contended"]:
         log(f"WARNING: the CPU is not idle ({machine['contention_note']}); figures will not be comparable")
     paths = sample_paths()
@@ -313,14 +344,22 @@ def main(argv: list[str] | None = None) -> int:
     log(
         f"  session.run p50 {floor['model_session_run']['p50_ms']} ms, decode+preprocess p50 {floor['decode_preprocess']['p50_ms']} ms"
     )
+    floor["throughput"] = measure_throughput(bundle, meta, images, LEVELS, args.requests)
+    log(
+        "  onnxruntime alone: "
+        + ", ".join(f"c={lv['concurrency']} {lv['throughput_rps']} req/s" for lv in floor["throughput"])
+    )
     service = asyncio.run(bench_service(bundle, uploads, raw_uploads, args, settings))
     baseline = None if args.skip_baseline else asyncio.run(bench_baseline(bundle, uploads, args))
+    log(f"app.score: {args.score_files} files")
+    score = bench_score(bundle, paths, args.score_files)
 
     machine["loadavg_end"] = [round(v, 2) for v in os.getloadavg()]
+    machine["busy_pct_during_run"] = busy_between(cpu_at_start, _cpu_times())
     if not machine["contended"] and other_cpu_processes():
         machine.update(contended=True, contention_note="a training process started during the run")
     result = {
-        "benchmark_version": 1,
+        "benchmark_version": 2,
         "quick": args.quick,
         "command": "python -m bench " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])),
         "started_at": started_at,
@@ -353,12 +392,14 @@ def main(argv: list[str] | None = None) -> int:
                     "memory_requests",
                     "overload_requests",
                     "floor_iterations",
+                    "score_files",
                 )
             },
         },  # fmt: skip
         "floor": floor,
         "service": service,
         "baseline": baseline,
+        "score": score,
     }
     result["ratios"] = compute_ratios(result)
     result["targets"] = evaluate_targets(result)

@@ -3,12 +3,15 @@
 - model: `InferenceSession.run` on an already-preprocessed (1, H, W, 3) tensor, with onnxruntime's default
   session options (its own thread pools: the machine's limit for one image, not the service's choice), fetching
   every output of the graph (the probability, the input check's statistics, the explanation activation);
-- decode: `pneumonia.imaging.decode_image` + `to_model_input` on the sample JPEG bytes (what every request pays).
+- decode: `pneumonia.imaging.decode_image` + `to_model_input` on the sample JPEG bytes (what every request pays);
+- throughput: decode + resize + run, on one default session shared by `c` threads, closed loop: onnxruntime
+  alone at the concurrency the service is measured at (what the service's own req/s is compared with).
 """
 
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -30,14 +33,16 @@ def _time_calls(function, iterations: int, warmup: int) -> list[float]:
     return timings
 
 
+def default_session(bundle: Path) -> ort.InferenceSession:
+    options = ort.SessionOptions()  # onnxruntime's defaults: the floor is the machine's, not the service's
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(bundle / ONNX_FILENAME), sess_options=options, providers=["CPUExecutionProvider"])
+
+
 def measure_floor(
     bundle: Path, metadata: BundleMetadata, images: list[bytes], iterations: int, warmup: int = 20
 ) -> dict:
-    options = ort.SessionOptions()  # onnxruntime's defaults: the floor is the machine's, not the service's
-    options.log_severity_level = 3
-    session = ort.InferenceSession(
-        str(bundle / ONNX_FILENAME), sess_options=options, providers=["CPUExecutionProvider"]
-    )
+    session = default_session(bundle)
     size = metadata.input_size
     tensors = [to_model_input(decode_image(data), size)[None].astype(np.float32) for data in images]
     feeds = [{metadata.onnx_input_name: t} for t in tensors]
@@ -59,3 +64,27 @@ def measure_floor(
         "decode_preprocess": decode_s,
         "model_plus_decode_p50_ms": round(model_p50 + decode_p50, 3),
     }
+
+
+def measure_throughput(
+    bundle: Path, metadata: BundleMetadata, images: list[bytes], concurrencies: tuple[int, ...], requests: int
+) -> list[dict]:
+    """Images/s of decode + resize + `session.run` (all outputs) with `c` threads sharing one default session."""
+    session = default_session(bundle)
+    outputs = [o.name for o in session.get_outputs()]
+    size, name = metadata.input_size, metadata.onnx_input_name
+
+    def one(i: int) -> None:
+        session.run(outputs, {name: to_model_input(decode_image(images[i % len(images)]), size)[None]})
+
+    levels = []
+    for concurrency in concurrencies:
+        with ThreadPoolExecutor(concurrency) as pool:
+            list(pool.map(one, range(4 * concurrency)))  # warm-up
+            started = time.perf_counter()
+            list(pool.map(one, range(requests)))
+            elapsed = time.perf_counter() - started
+        levels.append(
+            {"concurrency": concurrency, "requests": requests, "throughput_rps": round(requests / elapsed, 1)}
+        )
+    return levels

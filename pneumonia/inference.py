@@ -1,10 +1,12 @@
 """ONNX inference: the model's onnxruntime sessions (`run` is thread-safe and releases the GIL).
 
 A lone request should use the whole machine, and many requests should not fight over it. So a classifier
-holds two sessions over the same graph: a wide one (one intra-op thread per available core) for a run that
-starts while no other run is in flight, and a narrow one (one thread) for runs that overlap others, where
-the concurrent requests themselves keep the cores busy. Measured in bench/ (README "Benchmarks").
-"Available" respects the container's CPU limit (cgroup quota) and the affinity mask, not the host's cores.
+holds two sessions over the same graph: a wide one (one intra-op thread per available core, spinning between
+operators and stopped when the run returns) for a run while no other image is being scored, and a narrow one
+(one thread) for a run while others are, where the concurrent requests themselves keep the cores busy. "Being
+scored" spans an image's decoding and checks too (`working()`), not only its run. The designs compared, and
+why this one: docs/benchmarks.md, `python -m bench.sessions`. "Available" respects the container's CPU limit
+(cgroup quota) and the affinity mask, not the host's cores.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from __future__ import annotations
 import math
 import os
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -40,8 +44,11 @@ def _session(path: Path, threads: int) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1  # the graph runs sequentially: parallelism is inside each operator
-    # Idle pool threads spin for a while by default, burning the cores other requests' sessions need.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # Pool threads spin between the graph's ~100 small operators: parking them instead cost a lone request
+    # about a third of its run (bench/results/sessions.md). They stop spinning as soon as the run returns, so
+    # an idle wide pool never burns the cores that other requests need.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1")
+    options.add_session_config_entry("session.force_spinning_stop", "1")
     options.log_severity_level = 3
     try:
         return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
@@ -56,7 +63,8 @@ class OnnxClassifier:
         self.session = _session(path, self.threads)
         self._narrow = _session(path, 1) if self.threads > 1 else self.session
         self._lock = threading.Lock()
-        self._in_flight = 0
+        self._in_flight = 0  # runs in progress
+        self._working = 0  # images between decode and answer, inside `working()`
         inputs = {i.name: i for i in self.session.get_inputs()}
         outputs = {o.name for o in self.session.get_outputs()}
         if metadata.onnx_input_name not in inputs:
@@ -81,6 +89,19 @@ class OnnxClassifier:
         if self.activation_name is not None and self.activation_name not in outputs:
             raise BundleError(f"{path}: no ONNX output {self.activation_name!r} (has {sorted(outputs)})")
 
+    @contextmanager
+    def working(self) -> Iterator[None]:
+        """Marks one image's whole scoring (decode, checks, run) as in progress: a run picks the wide session
+        only while no other image is anywhere in that work, not merely when no other run is, so a lone
+        request's spinning pool never takes the cores that other requests' decoding and checks need."""
+        with self._lock:
+            self._working += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._working -= 1
+
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """(N, H, W, 3) float32 RGB 0..255 -> (N,) P(pneumonia)."""
         return self.run(batch)[0]
@@ -103,7 +124,8 @@ class OnnxClassifier:
                 f"expected a batch of shape (N, {self.input_size[0]}, {self.input_size[1]}, 3), got {batch.shape}"
             )
         with self._lock:
-            session = self.session if self._in_flight == 0 else self._narrow
+            alone = self._in_flight == 0 and self._working <= 1
+            session = self.session if alone else self._narrow
             self._in_flight += 1
         try:
             probabilities, *rest = session.run(names, {self.input_name: batch})

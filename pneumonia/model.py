@@ -94,7 +94,7 @@ class Explanation:
 
     prediction: Prediction
     map: np.ndarray = field(repr=False)  # (h, w) float32 in [0, 1] at the model-input resolution
-    overlay_png: bytes = field(repr=False)  # the map over the image, at the image's size, with a colour bar
+    overlay_png: bytes = field(repr=False)  # the map over the image (capped size), a colour-scale strip beside it
     method: str
     layers: tuple[str, ...]
     explained_class: Label
@@ -221,7 +221,7 @@ class Model:
         the verdict); under "warn" it is answered with `accepted=False`; "off" skips the check.
         """
         decision = resolve_decision(self.metadata, operating_point, threshold)
-        assessed = self.assess(self.decode(image), policy)
+        assessed = self.decode_and_assess(image, policy)
         return self.prediction(assessed.image, assessed.probability, assessed.check, decision)
 
     def explain(
@@ -238,7 +238,7 @@ class Model:
         is at most `overlay_max_side` pixels on its longer side (None: the image's own size)."""
         self.require_explanations()
         decision = resolve_decision(self.metadata, operating_point, threshold)
-        assessed = self.assess(self.decode(image), policy, activation=True)
+        assessed = self.decode_and_assess(image, policy, activation=True)
         prediction = self.prediction(assessed.image, assessed.probability, assessed.check, decision)
         return self.explain_scored(prediction, assessed.batch, method, assessed.activation, overlay_max_side)
 
@@ -271,6 +271,12 @@ class Model:
             yield from self._score_pending(pending, policy, decision)
 
     # --- the steps, shared with the service ----------------------------------------------------------------
+    def decode_and_assess(self, image: ImageInput, policy: Policy, *, activation: bool = False) -> Assessment:
+        """`decode`, then `assess`, marked as one image in progress: a lone image's run may use every core,
+        one that overlaps other images' decoding or checks runs on one (pneumonia.inference)."""
+        with self.classifier.working():
+            return self.assess(self.decode(image), policy, activation=activation)
+
     def assess(self, image: DecodedImage, policy: Policy, *, activation: bool = False) -> Assessment:
         """Input check and P(pneumonia) in one ONNX run. Under `refuse`, a refused image raises
         ImageRefusedError. `activation`: also fetch the explanation activation of the same run."""
