@@ -74,7 +74,10 @@ def other_cpu_processes() -> list[str]:
             continue
         try:
             cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
-        except OSError:
+            state = (entry / "stat").read_text().rpartition(")")[2].split()[0]
+        except (OSError, IndexError):
+            continue
+        if state in ("T", "t", "Z"):  # stopped (e.g. paused with SIGSTOP for this run) or exited: not using CPU
             continue
         if "training train" in cmdline or "training evaluate" in cmdline:
             found.append(f"pid {entry.name}: {cmdline[:120]}")
