@@ -30,7 +30,7 @@ WORKDIR /build
 # is uninstalled again (app/ is copied into the runtime stage; training/ is not served).
 # Not needed to serve, and large: TensorFlow's C++ headers (~290 MB, for compiling custom ops) and libclang
 # (~60 MB, used by TensorFlow's build tooling only). TensorFlow itself stays: Grad-CAM for /explain.
-# constraints.txt pins every dependency to the versions the tests ran with (uv pip compile; see README).
+# constraints.txt pins every dependency to the versions the tests ran with (docs/security.md: the audit of every pin).
 COPY pyproject.toml constraints.txt ./
 COPY pneumonia/__init__.py pneumonia/__init__.py
 RUN touch README.md \

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -402,6 +403,25 @@ class UnreadableFileError(PneumoniaError):
 
 
 # --- loading -------------------------------------------------------------------------------------------------
+def import_tensorflow_quietly() -> None:
+    """Import TensorFlow, keeping its C++ start-up lines (oneDNN's notice, absl's "before InitializeLog") off
+    stderr when TF_CPP_MIN_LOG_LEVEL asks for quiet (2 or 3): they are written before TensorFlow reads it.
+    A failed import still raises; only the file descriptor's output during the import is dropped."""
+    if "tensorflow" in sys.modules or os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0") not in ("2", "3"):
+        import tensorflow
+
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            import tensorflow  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def limit_tensorflow_threads(intra_op: int, inter_op: int) -> None:
     """Size TensorFlow's thread pools (0: its default). Possible only before TensorFlow runs its first op."""
     if not (intra_op or inter_op):
@@ -431,6 +451,7 @@ def _load_explainer(
         return None, None, f"This model bundle has no {KERAS_FILENAME}, so Grad-CAM explanations are unavailable."
     keras_path = verify_file(bundle_dir, KERAS_FILENAME, metadata.checksums.keras_sha256)
     try:
+        import_tensorflow_quietly()
         import keras
 
         from pneumonia.explain import Explainer

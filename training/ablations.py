@@ -270,6 +270,11 @@ def render_markdown(report: dict[str, Any], plots: list[str]) -> str:
         )
     else:
         lines.append("Seed spread: fewer than two seed runs published, so no difference below can be judged yet.")
+    lines += [
+        "",
+        "Train min is wall-clock time on a 2-core machine that was doing other work at the same time (and was "
+        "paused for benchmarks): it is not a cost comparison; `results/comparison` is the cost view.",
+    ]
     for section in report["sections"].values():
         lines += ["", f"### {section['title']}", ""]
         if section["claim"]:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from pneumonia.bundle import PARITY_TOLERANCE
+from pneumonia.model import import_tensorflow_quietly
 from training import layout
 from training.config import BACKBONE_NAMES, TrainConfig, load_config
 from training.errors import TrainingError
@@ -432,7 +433,7 @@ def add_publish(sub: argparse._SubParsersAction) -> None:
     )
     publish.add_argument("--run", required=True, help="run directory; required")
     publish.add_argument("--out", required=True, help="e.g. results/NAME; required")
-    publish.set_defaults(func=cmd_publish)
+    publish.set_defaults(func=cmd_publish, tensorflow=False)
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
@@ -459,6 +460,7 @@ COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
+    parser.set_defaults(tensorflow=True)  # the verb imports TensorFlow (a verb that does not says so)
     sub = parser.add_subparsers(dest="command", required=True)
     for add in COMMANDS:
         add(sub)
@@ -468,6 +470,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     args = build_parser().parse_args(argv)
+    if args.tensorflow:
+        import_tensorflow_quietly()  # before any verb's own import: its start-up lines kept off the output
     started = time.monotonic()
     try:
         code = args.func(args)

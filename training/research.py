@@ -412,7 +412,7 @@ def write_outputs(out: Path, thresholds: dict, epochs: dict, comparison: dict) -
     sections = [
         "# Research questions of the seed notebook (validation and stress check only)",
         "",
-        'Written by `python -m training.research`; the README section "What the seed asked, answered" interprets it.',
+        'Written by `python -m training.research`; docs/research.md, "What the seed asked, answered", interprets it.',
         "",
         "## Threshold tuning",
         "",

@@ -43,7 +43,7 @@ METHOD_NAMES = tuple(METHODS)
 BASELINES = ("central_blob", "random")
 
 # The served default, chosen by the faithfulness benchmark (python -m bench.explain; results/explanations/
-# and the README section "Explanations: which map to trust"): the method must beat the central blob and the
+# and docs/explanations.md, "Which one is faithful"): the method must beat the central blob and the
 # random map under every replacement scheme by more than the 95% bootstrap interval, change when the top
 # layers are randomised, and keep /explain within 3x /predict.
 # Evidence (results/explanations/explanations.md, 60 validation images, mobilenetv2-192): only Grad-CAM at
@@ -52,7 +52,7 @@ BASELINES = ("central_blob", "random")
 # logits; vs random +2.8, +3.4, +3.6, every lower bound >= 1.5) and passes the randomisation check (rank
 # correlation -0.52 [-0.61, -0.41]). The former default, out_relu Grad-CAM, beats the central blob under no
 # scheme (its paired differences are negative: -0.3, -1.3, -0.5, every CI spanning or below 0).
-# Its cost: /explain p50 above 3x /predict on this 2-core machine (README, same section).
+# Its cost against /predict: docs/explanations.md, "What it costs" (bench/results/benchmark.md).
 DEFAULT_METHOD = "gradcam_stride8"
 
 

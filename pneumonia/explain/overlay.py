@@ -11,7 +11,7 @@ image covered the lateral chest wall, where the evidence often is (issue 20). A 
 alone keeps the PNG's left `width - colour_bar_width(height)` columns (the page at `/` does, and draws its own
 legend beside the image; app/static/app.js repeats `colour_bar_width`).
 
-What the colours mean (also in the README and the /explain OpenAPI description): the map is scaled per
+What the colours mean (also in docs/explanations.md and the /explain OpenAPI description): the map is scaled per
 image so that its largest value is 1. Blue (0) marks regions with no evidence for the explained class,
 red (1) the strongest evidence in THIS image; colours are relative within an image, not comparable
 between images, and say nothing about lesions.

@@ -36,8 +36,8 @@ UploadFormatQuery = Annotated[
 MethodQuery = Annotated[
     Literal[METHOD_NAMES],  # type: ignore[valid-type]
     Query(
-        description=f"Saliency method (default {DEFAULT_METHOD}, chosen by the faithfulness benchmark in the README, "
-        "'Explanations: which map to trust'). central_blob and random are the benchmark's baselines: maps that do "
+        description=f"Saliency method (default {DEFAULT_METHOD}, chosen by the faithfulness benchmark: the docs' "
+        "'Explanations' page). central_blob and random are the benchmark's baselines: maps that do "
         "not depend on the model, served for comparison. Unknown names: 422."
     ),
 ]
