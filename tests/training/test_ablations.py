@@ -1,4 +1,4 @@
-"""`python -m training.ablations`: the seed spread is the yardstick, differences are judged against it, and an
+"""`python -m studies.ablations`: the seed spread is the yardstick, differences are judged against it, and an
 arm that has not been published is listed as missing, never filled in."""
 
 from __future__ import annotations
@@ -8,14 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from training.ablations import main
+from studies.ablations import main
 
 pytestmark = pytest.mark.fast
 
 STRESS_NAMES = ("contrast_low", "noise", "blur")
 
 
-def publish(results: Path, run: str, backbone: str, auc: float, stress_min: float, per_epoch_stress=None) -> None:
+def publish(
+    results: Path, run: str, backbone: str, auc: float, stress_min: float, per_epoch_stress=None, gap: float = 0.0
+) -> None:
     """A published arm as `training publish` lays it out: models/<backbone>/{evaluation.json,history.csv}."""
     model_dir = results / run / "models" / backbone
     model_dir.mkdir(parents=True)
@@ -34,7 +36,8 @@ def publish(results: Path, run: str, backbone: str, auc: float, stress_min: floa
     header = "epoch,auc,val_auc" + (",stress_min_auc" if per_epoch_stress else "")
     rows = [header]
     for epoch in range(3):
-        row = f"{epoch},{auc - 0.02 + 0.01 * epoch},{auc - 0.02 + 0.01 * epoch}"
+        val_auc = auc - 0.02 + 0.01 * epoch
+        row = f"{epoch},{val_auc + gap},{val_auc}"  # training AUC `gap` above validation
         rows.append(row + (f",{per_epoch_stress[epoch]}" if per_epoch_stress else ""))
     (model_dir / "history.csv").write_text("\n".join(rows) + "\n")
 
@@ -42,9 +45,10 @@ def publish(results: Path, run: str, backbone: str, auc: float, stress_min: floa
 def test_differences_are_judged_against_the_seed_spread_and_missing_arms_are_listed(tmp_path, capsys):
     results = tmp_path / "results"
     publish(results, "final192", "mobilenetv2", 0.990, 0.980)
-    publish(results, "ablation_seed43", "mobilenetv2", 0.992, 0.978)
+    publish(results, "ablation_seed43", "mobilenetv2", 0.992, 0.978, gap=0.005)  # gap spread over seeds: 0.005
     publish(results, "ablation_seed44", "mobilenetv2", 0.991, 0.981)  # spread: AUC 0.002, stress 0.003
     publish(results, "ablation_imbalance_none", "mobilenetv2", 0.9915, 0.990)  # AUC within, stress beyond
+    publish(results, "ablation_no_aug", "mobilenetv2", 0.990, 0.980, gap=0.02)
     publish(results, "ablation_equal_epochs/densenet121", "densenet121", 0.97, 0.95, [0.90, 0.96, 0.93])
     publish(results, "ablation_equal_epochs/mobilenetv2", "mobilenetv2", 0.98, 0.96, [0.91, 0.95, 0.96])
 
@@ -57,7 +61,15 @@ def test_differences_are_judged_against_the_seed_spread_and_missing_arms_are_lis
     assert "none leads on validation ROC-AUC by 0.0015, within the seed spread" in imbalance["verdict"]
     assert "none leads on stress-minimum AUC by 0.0100, beyond the seed spread" in imbalance["verdict"]
     assert imbalance["missing"] == ["ablation_imbalance_resample"]
+    # the first epochs: the two arms 0.0015 apart, the three seeds 0.002 apart at every epoch
+    assert "epoch 1: the arms span 0.0015 (within the seeds' spread 0.0020)" in imbalance["verdict"]
     assert "| resample | not published yet (`results/ablation_imbalance_resample`) |" in markdown
+
+    augmentation = report["sections"]["augmentation"]["verdict"]
+    assert (
+        "The widest train-val gap is none (0)'s, 0.0200 above the next arm's (beyond the seeds' gap spread (0.0050))"
+        in augmentation
+    )
 
     backbones = report["sections"]["backbones"]
     assert [row["label"] for row in backbones["rows"]] == ["densenet121", "mobilenetv2"]

@@ -1,4 +1,4 @@
-"""training.research: the seed's questions answered from validation and the stress check only."""
+"""studies.research: the seed's questions answered from validation and the stress check only."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from pneumonia.bundle import LogitCalibration, read_metadata
-from training import research
+from studies import research
 from training.metrics import calibrate
 from training.stress import PERTURBATIONS
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from studies.site_calibration_study import SIZES, SiteScores, main, markdown, run_study
 from training.metrics import sigmoid
 from training.recalibrate import SourcePoints
-from training.site_calibration_study import SIZES, SiteScores, main, markdown, run_study
 
 
 def synthetic_scores(rng: np.random.Generator) -> SiteScores:

@@ -1,6 +1,6 @@
 """The seed's ablation questions (issue 23), answered from the published runs, validation only.
 
-    python -m training.ablations --results results --out results/ablations
+    python -m studies.ablations --results results --out results/ablations
 
 Each question compares arms that differ in one thing (training/configs/ablation_*.toml); every arm is a run
 that `scripts/ablations` trained and `python -m training publish` copied into results/. The yardstick is the
@@ -183,6 +183,46 @@ def epoch_reading(row: dict[str, Any], spread: dict[str, Any] | None) -> str | N
     )
 
 
+EARLY_EPOCHS = 3  # "the early results" of the seed's imbalance claim: the first epochs' validation AUC
+
+
+def spread_of(values: list[float]) -> float | None:
+    return round(max(values) - min(values), 4) if len(values) >= 2 else None
+
+
+def early_reading(rows: list[dict[str, Any]], seed_rows: list[dict[str, Any]]) -> str | None:
+    """Validation ROC-AUC of each arm over the first epochs, against the seeds' spread at the same epoch."""
+    parts = []
+    for epoch in range(EARLY_EPOCHS):
+        arms = [row["history"][epoch]["val_auc"] for row in rows if len(row["history"]) > epoch]
+        seeds = [row["history"][epoch]["val_auc"] for row in seed_rows if len(row["history"]) > epoch]
+        if len(arms) < 2:
+            return None
+        arm_range, seed_range = spread_of(arms), spread_of(seeds)
+        if arm_range is None or seed_range is None:
+            judged = "no seed spread yet"
+        else:
+            judged = f"{'beyond' if arm_range > seed_range else 'within'} the seeds' spread {seed_range:.4f}"
+        parts.append(f"epoch {epoch + 1}: the arms span {arm_range:.4f} ({judged})")
+    return "Early validation ROC-AUC, " + "; ".join(parts) + "."
+
+
+def gap_reading(rows: list[dict[str, Any]], seed_rows: list[dict[str, Any]]) -> str | None:
+    """Each arm's train-val gap at its best epoch, against the gap's spread over the seeds."""
+    gaps = {row["label"]: row["train_val_gap"] for row in rows if row["train_val_gap"] is not None}
+    if len(gaps) < 2:
+        return None
+    seed_range = spread_of([row["train_val_gap"] for row in seed_rows if row["train_val_gap"] is not None])
+    widest = max(gaps, key=lambda label: gaps[label])
+    lead = gaps[widest] - sorted(gaps.values())[-2]
+    judged = (
+        "no seed spread yet to judge it against"
+        if seed_range is None
+        else ("beyond" if lead > seed_range else "within") + f" the seeds' gap spread ({seed_range:.4f})"
+    )
+    return f"The widest train-val gap is {widest}'s, {lead:.4f} above the next arm's ({judged})."
+
+
 # --- rendering -------------------------------------------------------------------------------------------------
 COLUMNS = (
     ("label", "Arm"),
@@ -248,6 +288,10 @@ def build(results: Path) -> dict[str, Any]:
             row = read_arm(results, arm)
             (rows.append(row) if row is not None else missing.append(arm))
         readings = [text for row in rows if (text := epoch_reading(row, spread)) is not None]
+        if question.key == "imbalance":
+            readings.append(early_reading(rows, seed_rows) or "")
+        if question.key == "augmentation":
+            readings.append(gap_reading(rows, seed_rows) or "")
         comparison = "" if question is SEEDS or len(question.arms) < 2 else verdict(rows, spread)
         sections[question.key] = {
             "title": question.title,
@@ -291,7 +335,7 @@ def render_markdown(report: dict[str, Any], plots: list[str]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.ablations", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m studies.ablations", description=__doc__.split("\n\n")[0])
     parser.add_argument("--results", type=Path, default=Path("results"), help="published runs (default: results)")
     parser.add_argument("--out", type=Path, default=Path("results/ablations"), help="where to write the report")
     args = parser.parse_args(argv)

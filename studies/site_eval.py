@@ -5,7 +5,7 @@ one simulated site. Validation patients are split into two halves: AdaBN (traini
 half's images (unlabeled, the first n of them), and the second half is scored before and after, at the bundle's
 default operating point. The control is the clean validation split: adapting on it must change little.
 
-    python -m training.site_eval --bundle models/default --data ../shared/data/chest_xray \\
+    python -m studies.site_eval --bundle models/default --data ../shared/data/chest_xray \\
         --split results/final192/split.csv --out results/adaptation
 """
 
@@ -94,7 +94,7 @@ def evaluate_sites(bundle: Path, data: Path, split: Path, seed: int = 0) -> dict
 def markdown(results: dict) -> str:
     clean_spec = results["sites"]["clean"]["before"]["specificity"]
     lines = [
-        "# Simulated sites: AdaBN on validation perturbations (`python -m training.site_eval`)",
+        "# Simulated sites: AdaBN on validation perturbations (`python -m studies.site_eval`)",
         "",
         f"Bundle {results['bundle']}; default operating point `{results['operating_point']}` "
         f"(threshold {results['threshold']:.4f}, chosen on unadapted validation). Validation patients split in two: "
@@ -116,7 +116,7 @@ def markdown(results: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.site_eval", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m studies.site_eval", description=__doc__.splitlines()[0])
     parser.add_argument("--bundle", type=Path, default=Path("models/default"))
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--split", type=Path, required=True, help="split.csv with the bundle's validation rows")

@@ -1,6 +1,6 @@
 """The seed notebook's research questions, answered from this project's own evidence (validation only).
 
-    python -m training.research --bundle models/default --data ../shared/data/chest_xray --out results/research
+    python -m studies.research --bundle models/default --data ../shared/data/chest_xray --out results/research
 
 1. Threshold tuning: the seed's fixed 0.69 beside the bundle's validation-chosen operating points, on the
    validation split and under each stress perturbation (training.stress), with 95% bootstrap intervals.
@@ -28,7 +28,7 @@ from training.data import DatasetError, decode_samples, read_split
 from training.metrics import calibrate
 from training.stress import perturbed_predictions
 
-log = logging.getLogger("training.research")
+log = logging.getLogger("studies.research")
 
 SEED_THRESHOLD = 0.69  # the seed notebook's tuned threshold on its own model's sigmoid output
 BOOTSTRAP_SAMPLES = 2000
@@ -412,7 +412,7 @@ def write_outputs(out: Path, thresholds: dict, epochs: dict, comparison: dict) -
     sections = [
         "# Research questions of the seed notebook (validation and stress check only)",
         "",
-        'Written by `python -m training.research`; docs/research.md, "What the seed asked, answered", interprets it.',
+        'Written by `python -m studies.research`; docs/research.md, "What the seed asked, answered", interprets it.',
         "",
         "## Threshold tuning",
         "",
@@ -438,7 +438,7 @@ def write_outputs(out: Path, thresholds: dict, epochs: dict, comparison: dict) -
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m training.research", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m studies.research", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--bundle", default="models/default", help="model bundle to study")
     parser.add_argument("--data", required=True, help="dataset root the split's relative paths resolve against")
