@@ -183,6 +183,19 @@ def epoch_reading(row: dict[str, Any], spread: dict[str, Any] | None) -> str | N
     )
 
 
+FEW_SEEDS = 3  # below this many seeds, the spread is a floor on run-to-run variation, not an estimate of it
+
+
+def caveat(reading: str, spread: dict[str, Any] | None) -> str:
+    """A reading that calls a lead "beyond" a spread measured on too few seeds says that it is only suggestive."""
+    if spread is None or spread["n_seeds"] >= FEW_SEEDS or "beyond" not in reading:
+        return reading
+    return (
+        f"{reading} With {spread['n_seeds']} seeds the spread is a floor on how far identical runs land apart, "
+        "so 'beyond' here is suggestive, not established."
+    )
+
+
 EARLY_EPOCHS = 3  # "the early results" of the seed's imbalance claim: the first epochs' validation AUC
 
 
@@ -299,7 +312,7 @@ def build(results: Path) -> dict[str, Any]:
             "note": question.note,
             "rows": rows,
             "missing": missing,
-            "verdict": " ".join(filter(None, [comparison, *readings])),
+            "verdict": caveat(" ".join(filter(None, [comparison, *readings])), spread),
         }
     return {"seed_spread": spread, "sections": sections}
 

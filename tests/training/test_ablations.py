@@ -80,6 +80,16 @@ def test_differences_are_judged_against_the_seed_spread_and_missing_arms_are_lis
     assert "![ablation_backbones_per_epoch.png](ablation_backbones_per_epoch.png)" in markdown
 
 
+def test_a_lead_beyond_the_spread_of_two_seeds_is_called_suggestive(tmp_path):
+    results = tmp_path / "results"
+    publish(results, "final192", "mobilenetv2", 0.990, 0.980)
+    publish(results, "ablation_seed43", "mobilenetv2", 0.991, 0.981)
+    publish(results, "ablation_imbalance_none", "mobilenetv2", 0.999, 0.999)
+    assert main(["--results", str(results), "--out", str(tmp_path / "out")]) == 0
+    verdict = json.loads((tmp_path / "out" / "ablations.json").read_text())["sections"]["imbalance"]["verdict"]
+    assert "beyond the seed spread" in verdict and "With 2 seeds the spread is a floor" in verdict
+
+
 def test_without_two_seeds_nothing_is_called_a_difference(tmp_path):
     results = tmp_path / "results"
     publish(results, "final192", "mobilenetv2", 0.990, 0.980)
