@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pneumonia.bundle import SCHEMA_VERSION, Adaptation, BundleMetadata, utc_now
+from pneumonia.bundle import PARITY_TOLERANCE, SCHEMA_VERSION, Adaptation, BundleMetadata, utc_now
 from pneumonia.imaging import ImageInputError, decode_image, to_model_input
 from pneumonia.imaging import find_images as find_relative_images
 from pneumonia.input_check import load_checker
@@ -106,7 +106,14 @@ def adapt_batchnorm(model, images: np.ndarray, batch_size: int = BATCH_SIZE) -> 
     return len(norms)
 
 
-def adapt_bundle(bundle_dir: Path, folder: Path, out_dir: Path, *, min_images: int = DEFAULT_MIN_IMAGES) -> Path:
+def adapt_bundle(
+    bundle_dir: Path,
+    folder: Path,
+    out_dir: Path,
+    *,
+    min_images: int = DEFAULT_MIN_IMAGES,
+    parity_tolerance: float = PARITY_TOLERANCE,
+) -> Path:
     source = read_source(bundle_dir, out_dir, AdaptError)
     metadata = source.metadata
     site = read_site_images(source.path, metadata, folder)
@@ -147,4 +154,4 @@ def adapt_bundle(bundle_dir: Path, folder: Path, out_dir: Path, *, min_images: i
             }
         )
 
-    return derive_bundle(source, out_dir, change, site.images, adapted)
+    return derive_bundle(source, out_dir, change, site.images, adapted, parity_tolerance)

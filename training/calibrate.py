@@ -137,6 +137,7 @@ def calibrate_bundle(
     report_dir: Path | None = None,
     gallery: int = GALLERY,
     bootstrap: int = BOOTSTRAP,
+    parity_tolerance: float = PARITY_TOLERANCE,
 ) -> Calibrated:
     bundle_dir, out_dir = Path(bundle_dir), Path(out_dir)
     report_dir = Path(report_dir) if report_dir else default_report_dir(out_dir)
@@ -215,7 +216,7 @@ def calibrate_bundle(
         bake(keras_model, metadata.logit_layer, fit.scale, fit.bias)
 
     def calibrated(derived: DerivedModels, keras_model) -> BundleMetadata:
-        _check_served_calibration(derived.staging, calibration_inputs, expected)
+        _check_served_calibration(derived.staging, calibration_inputs, expected, parity_tolerance)
         return metadata.model_copy(
             update={
                 **derived.update,
@@ -227,7 +228,7 @@ def calibrate_bundle(
             }
         )
 
-    derive_bundle(source, out_dir, change, parity_inputs, calibrated)
+    derive_bundle(source, out_dir, change, parity_inputs, calibrated, parity_tolerance)
     # the after report: the new bundle loaded as the service loads it, the same images scored through it
     new_model = Model.load(out_dir, explain=gallery > 0)
     after_site = score_site(new_model, files)
@@ -239,7 +240,7 @@ def calibrate_bundle(
     return Calibrated(out_dir, report_dir, fit, record)
 
 
-def _check_served_calibration(staging: Path, inputs: np.ndarray, expected: np.ndarray) -> None:
+def _check_served_calibration(staging: Path, inputs: np.ndarray, expected: np.ndarray, tolerance: float) -> None:
     """The staged model.onnx must serve sigmoid(scale * z + bias) of the source's logits z (on the images whose
     source probability is outside the sigmoid's tails; with none, derive_bundle's Keras/ONNX parity stands)."""
     if not len(expected):
@@ -251,8 +252,8 @@ def _check_served_calibration(staging: Path, inputs: np.ndarray, expected: np.nd
     session = ort.InferenceSession(str(staging / ONNX_FILENAME), providers=["CPUExecutionProvider"])
     served = np.asarray(session.run(None, {session.get_inputs()[0].name: inputs})[0], dtype=np.float64).reshape(-1)
     difference = float(np.max(np.abs(served - expected)))
-    if not difference <= PARITY_TOLERANCE:
+    if not difference <= tolerance:
         raise CalibrateError(
             f"the re-exported model.onnx does not serve the fitted calibration (largest |dp| {difference:.2e} > "
-            f"{PARITY_TOLERANCE:g}); nothing was written"
+            f"{tolerance:g}); nothing was written"
         )

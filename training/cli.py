@@ -169,18 +169,23 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _add_parity_tolerance(parser: argparse.ArgumentParser, images: str) -> None:
+    """Every verb that writes a model.onnx checks it against the Keras model it came from."""
+    parser.add_argument(
+        "--parity-tolerance",
+        type=_positive_float,
+        default=PARITY_TOLERANCE,
+        help=f"largest accepted |P_onnx - P_keras| on the {images} (default: {PARITY_TOLERANCE:g})",
+    )
+
+
 def add_export(sub: argparse._SubParsersAction) -> None:
     export = sub.add_parser("export", help="write the model bundle (ONNX + Keras + metadata + card)")
     export.add_argument("--run", required=True, help="evaluated run directory; required")
     export.add_argument("--out", required=True, help="bundle directory to write; required")
     export.add_argument("--model", help="backbone to export (default: best validation ROC-AUC of the run)")
     export.add_argument("--operating-point", help="default operating point (default: the run's configuration)")
-    export.add_argument(
-        "--parity-tolerance",
-        type=_positive_float,
-        default=PARITY_TOLERANCE,
-        help=f"largest accepted |P_onnx - P_keras| on validation images (default: {PARITY_TOLERANCE:g})",
-    )
+    _add_parity_tolerance(export, "validation images")
     export.add_argument(
         "--force", action="store_true", help="export a model near chance on validation (ROC-AUC < 0.6) anyway"
     )
@@ -304,6 +309,7 @@ def add_adapt(sub: argparse._SubParsersAction) -> None:
         default=DEFAULT_MIN_IMAGES,
         help=f"refuse with fewer usable chest X-rays than this (default: {DEFAULT_MIN_IMAGES})",
     )
+    _add_parity_tolerance(adapt, "site's images")
     adapt.set_defaults(func=cmd_adapt)
 
 
@@ -311,7 +317,8 @@ def cmd_adapt(args: argparse.Namespace) -> int:
     from training.adapt import adapt_bundle
 
     _setup_logging(None)
-    bundle = adapt_bundle(Path(args.bundle), Path(args.images), Path(args.out), min_images=args.min_images)
+    bundle = adapt_bundle(Path(args.bundle), Path(args.images), Path(args.out), min_images=args.min_images,
+                          parity_tolerance=args.parity_tolerance)  # fmt: skip
     print(f"adapted bundle written to {bundle}")
     return 0
 
@@ -402,6 +409,7 @@ def add_calibrate(sub: argparse._SubParsersAction) -> None:
     calibrate.add_argument(
         "--gallery", type=int, default=GALLERY, help=f"false positives and negatives shown, each (default: {GALLERY})"
     )
+    _add_parity_tolerance(calibrate, "site's images")
     calibrate.set_defaults(func=cmd_calibrate)
 
 
@@ -412,7 +420,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     result = calibrate_bundle(
         Path(args.bundle), Path(args.images), Path(args.out), labels=_optional_path(args.labels),
         min_per_class=args.min_per_class, method=args.method, calibration=args.calibration,
-        report_dir=_optional_path(args.report), gallery=args.gallery,
+        report_dir=_optional_path(args.report), gallery=args.gallery, parity_tolerance=args.parity_tolerance,
     )  # fmt: skip
     print(f"calibrated bundle written to {result.bundle}; site reports in {result.report}")
     for name in result.fit.points:

@@ -14,6 +14,7 @@ import numpy as np
 from pneumonia.bundle import (
     KERAS_FILENAME,
     ONNX_FILENAME,
+    PARITY_TOLERANCE,
     BundleError,
     BundleMetadata,
     FileChecksums,
@@ -60,6 +61,7 @@ def derive_bundle(
     change: Callable[[Any], None],
     parity_images: np.ndarray,
     metadata: Callable[[DerivedModels, Any], BundleMetadata],
+    parity_tolerance: float = PARITY_TOLERANCE,
 ) -> Path:
     """Write `out_dir`: the source's other files, model.keras after `change(model)`, model.onnx converted from it
     in the source's served form and parity-checked on `parity_images` ((N, H, W, 3) model inputs), and the
@@ -77,7 +79,7 @@ def derive_bundle(
         # the source's served form: a schema-1 source has neither the statistics nor the activation outputs
         served, explain_activation = served_model(model) if source.metadata.input_check else (model, None)
         input_name, output_name = convert_to_onnx(served, source.metadata.input_size[0], staging / ONNX_FILENAME)
-        difference = parity_check(staging / ONNX_FILENAME, model, parity_images[:PARITY_IMAGES])
+        difference = parity_check(staging / ONNX_FILENAME, model, parity_images[:PARITY_IMAGES], parity_tolerance)
         update = {
             "onnx_input_name": input_name,
             "onnx_output_name": output_name,

@@ -16,11 +16,17 @@ from pneumonia.bundle import METADATA_FILENAME, read_metadata, sha256_file
 from training.adapt import images_digest
 from training.cli import main
 
+# The tiny model (one epoch at 32 px) with its BatchNorm statistics re-estimated on a dozen images has extreme
+# normalised activations, where TensorFlow's and onnxruntime's float32 kernels differ by up to ~1e-3 in
+# probability: these tests are about adaptation, so they accept 1e-2; the check itself is tested below.
+TINY_PARITY = "1e-2"
 
-def adapt(bundle: Path, images: Path, out: Path, *, min_images: int | None = None) -> int:
+
+def adapt(bundle: Path, images: Path, out: Path, *, min_images: int | None = None, parity: str = TINY_PARITY) -> int:
     """`python -m training adapt ...`, in process; returns its exit code."""
     flags = [] if min_images is None else ["--min-images", str(min_images)]
-    return main(["adapt", "--bundle", str(bundle), "--images", str(images), "--out", str(out), *flags])
+    return main(["adapt", "--bundle", str(bundle), "--images", str(images), "--out", str(out),
+                 "--parity-tolerance", parity, *flags])  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -118,3 +124,9 @@ def test_an_invalid_bundle_is_refused(tiny_bundle, site, tmp_path, capsys):
 def test_out_must_differ_from_the_source(tiny_bundle, site, capsys):
     assert adapt(tiny_bundle, site, tiny_bundle) == 2
     assert "never modified" in capsys.readouterr().err
+
+
+def test_a_conversion_outside_the_parity_tolerance_writes_nothing(tiny_bundle, site, tmp_path, capsys):
+    assert adapt(tiny_bundle, site, tmp_path / "strict", min_images=10, parity="1e-12") == 2
+    assert "ONNX and Keras disagree by" in capsys.readouterr().err
+    assert not (tmp_path / "strict").exists()
