@@ -22,7 +22,8 @@ from pneumonia.bundle import ONNX_FILENAME, BundleMetadata
 from pneumonia.imaging import decode_image, to_model_input
 
 
-def _time_calls(function, iterations: int, warmup: int) -> list[float]:
+def time_calls(function, iterations: int, warmup: int) -> list[float]:
+    """Seconds per call of `function(i)`, after `warmup` untimed calls."""
     for i in range(warmup):
         function(i)
     timings = []
@@ -48,8 +49,8 @@ def measure_floor(
     feeds = [{metadata.onnx_input_name: t} for t in tensors]
     outputs = [o.name for o in session.get_outputs()]  # all of them
 
-    model = _time_calls(lambda i: session.run(outputs, feeds[i % len(feeds)]), iterations, warmup)
-    decode = _time_calls(lambda i: to_model_input(decode_image(images[i % len(images)]), size), iterations, warmup)
+    model = time_calls(lambda i: session.run(outputs, feeds[i % len(feeds)]), iterations, warmup)
+    decode = time_calls(lambda i: to_model_input(decode_image(images[i % len(images)]), size), iterations, warmup)
     model_s = summarize_ms(model, (50, 95))
     decode_s = summarize_ms(decode, (50, 95))
     model_p50, decode_p50 = model_s["p50_ms"], decode_s["p50_ms"]
@@ -77,14 +78,16 @@ def measure_throughput(
     def one(i: int) -> None:
         session.run(outputs, {name: to_model_input(decode_image(images[i % len(images)]), size)[None]})
 
-    levels = []
-    for concurrency in concurrencies:
-        with ThreadPoolExecutor(concurrency) as pool:
-            list(pool.map(one, range(4 * concurrency)))  # warm-up
-            started = time.perf_counter()
-            list(pool.map(one, range(requests)))
-            elapsed = time.perf_counter() - started
-        levels.append(
-            {"concurrency": concurrency, "requests": requests, "throughput_rps": round(requests / elapsed, 1)}
-        )
-    return levels
+    return [
+        {"concurrency": c, "requests": requests, "throughput_rps": closed_loop_rps(one, c, requests)}
+        for c in concurrencies
+    ]
+
+
+def closed_loop_rps(function, concurrency: int, requests: int) -> float:
+    """Calls per second of `function(i)` from `concurrency` threads, each calling again as soon as it returns."""
+    with ThreadPoolExecutor(concurrency) as pool:
+        list(pool.map(function, range(4 * concurrency)))  # warm-up
+        started = time.perf_counter()
+        list(pool.map(function, range(requests)))
+        return round(requests / (time.perf_counter() - started), 1)

@@ -21,14 +21,13 @@ from __future__ import annotations
 import argparse
 import json
 import threading
-import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
+from bench.floor import closed_loop_rps, time_calls
 from bench.servers import REPO_ROOT
 from bench.stats import summarize_ms
 from pneumonia.bundle import ONNX_FILENAME, BundleMetadata, read_metadata
@@ -107,21 +106,8 @@ def measure(score: Score, images: list[bytes], requests: int) -> dict:
     def one(i: int) -> None:
         score(images[i % len(images)])
 
-    for i in range(20):
-        one(i)
-    timings = []
-    for i in range(requests):
-        started = time.perf_counter()
-        one(i)
-        timings.append(time.perf_counter() - started)
-    latency = summarize_ms(timings, (50, 95))
-    throughput = {}
-    for concurrency in LEVELS:
-        with ThreadPoolExecutor(concurrency) as pool:
-            list(pool.map(one, range(4 * concurrency)))
-            started = time.perf_counter()
-            list(pool.map(one, range(requests)))
-            throughput[f"c{concurrency}"] = round(requests / (time.perf_counter() - started), 1)
+    latency = summarize_ms(time_calls(one, requests, warmup=20), (50, 95))
+    throughput = {f"c{c}": closed_loop_rps(one, c, requests) for c in LEVELS}
     return {"c1_p50_ms": latency["p50_ms"], "c1_p95_ms": latency["p95_ms"], "rps": throughput}
 
 
