@@ -246,16 +246,15 @@ def _pil_to_gray(image: Image.Image) -> tuple[np.ndarray, float]:
 def colour_deviation(rgb: np.ndarray) -> float:
     """Mean absolute deviation of R, G and B from their per-pixel mean (0 for a gray image), in 0..255 units.
 
-    The value of `np.abs(rgb - rgb.mean(axis=2, keepdims=True)).mean()`, computed one channel plane at a time:
-    numpy reductions over a 3-wide last axis are slow, and that one line was >90% of decode_image for RGB
-    JPEGs (about 9 of 10 ms for a 224x224 sample, hundreds of ms for a full-size radiograph; bench/).
+    The value of `np.abs(rgb - rgb.mean(axis=2, keepdims=True)).mean()`, computed exactly in integers as
+    sum |3c - (r + g + b)| / 9 per pixel, one channel plane at a time: numpy reductions over a 3-wide last
+    axis are slow (that one line was >90% of decode_image for RGB JPEGs), and int16 planes are about 3x
+    faster than float32 ones (0.13 against 0.4 ms for a 224x224 sample; bench/).
     """
-    r, g, b = (rgb[..., i].astype(np.float32) for i in range(3))
-    mean = (r + g + b) / np.float32(3.0)
-    deviation = np.abs(r - mean)
-    deviation += np.abs(g - mean)
-    deviation += np.abs(b - mean)
-    return float(deviation.mean(dtype=np.float64)) / 3.0
+    r, g, b = (rgb[..., i].astype(np.int16) for i in range(3))  # 3 x 255 fits in int16
+    total = r + g + b
+    deviation = sum(int(np.abs(3 * channel - total).sum(dtype=np.int64)) for channel in (r, g, b))
+    return deviation / (9.0 * total.size)
 
 
 def _stretch_to_uint8(values: np.ndarray) -> np.ndarray:

@@ -87,7 +87,7 @@ class DepthDetector:
     """
 
     center: np.ndarray  # (D,)
-    basis: np.ndarray  # (D, K) principal directions of the training features
+    basis: np.ndarray  # (D, K) principal directions of the training features (float32 as stored: see `score`)
     variances: np.ndarray  # (K,)
     residual_scale: float
     median: float
@@ -95,7 +95,9 @@ class DepthDetector:
 
     def score(self, features: np.ndarray) -> np.ndarray:
         centred = features - self.center  # (N, D)
-        projected = centred @ self.basis  # (N, K)
+        # In the basis's own precision: the bundle stores it as float32, and a float32 product is ~4x faster
+        # than a float64 one over the deepest layer's 2,560 features (about 0.1 ms of every request).
+        projected = (centred.astype(self.basis.dtype) @ self.basis).astype(np.float64)  # (N, K)
         within = np.sum(projected**2 / self.variances, axis=1) / len(self.variances)
         # |residual|^2 = |centred|^2 - |projected|^2, as the basis is orthonormal (PCA directions): one
         # (D, K) product per request instead of two.
@@ -176,7 +178,7 @@ class InputCheckModel:
             depths = tuple(
                 DepthDetector(
                     center=data[f"depth{i}_center"].astype(np.float64),
-                    basis=data[f"depth{i}_basis"].astype(np.float64),
+                    basis=np.ascontiguousarray(data[f"depth{i}_basis"], dtype=np.float32),
                     variances=data[f"depth{i}_variances"],
                     residual_scale=float(data[f"depth{i}_norm"][0]),
                     median=float(data[f"depth{i}_norm"][1]),
