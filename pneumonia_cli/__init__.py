@@ -46,9 +46,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     module_name, prefix, _ = VERBS[verb]
     try:
         module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        print(f"pneumonia {verb}: {exc.name} is not installed here ({exc}); "
-              "training verbs need `pip install -e '.[training]'`, bench needs a clone", file=sys.stderr)  # fmt: skip
+    except ModuleNotFoundError as exc:  # the training verbs' own parser (training.cli) handles their extras
+        print(f"pneumonia {verb}: {exc.name} is not installed here; training verbs need "
+              "`pip install -c constraints.txt -e '.[training]'`, bench needs a clone with '.[bench]'",
+              file=sys.stderr)  # fmt: skip
         return 2
     entry: Callable[[list[str]], int] = module.main
     return int(entry([*prefix, *rest]) or 0)

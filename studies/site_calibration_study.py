@@ -33,16 +33,8 @@ from sklearn.metrics import roc_auc_score
 from pneumonia.labels import positive_mask
 from studies.site_eval import PAIRS, site_images
 from training.metrics import fit_platt, logits_from_probabilities, operating_point_thresholds, sigmoid, wilson_interval
-from training.recalibrate import (
-    DEFAULT_METHOD,
-    METHODS,
-    SHRINK_N,
-    SourcePoints,
-    combine,
-    describe,
-    prevalence_weights,
-    site_evidence,
-)
+from training.recalibrate import SourcePoints, combine, prevalence_weights, site_evidence
+from training.site_options import DEFAULT_METHOD, METHODS, SHRINK_N, describe
 from training.stress import PERTURBATIONS
 
 log = logging.getLogger(__name__)

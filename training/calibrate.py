@@ -45,15 +45,14 @@ from training.recalibrate import (
     SourcePoints,
     counts,
     cross_validate,
-    describe,
     recalibrate,
 )
 from training.site_data import ScoredSite, labelled_files, perturbed_logits, score_site
+from training.site_options import DEFAULT_MIN_PER_CLASS, describe
 from training.site_report import BOOTSTRAP, GALLERY, WIDE, build_report, point_metrics, wide, write_report
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MIN_PER_CLASS = 20
 CV_FOLDS = 5
 SIGMOID_TAIL = 1e-4  # below it (or above 1 - it) a served probability does not pin its logit down
 RULES = {

@@ -339,7 +339,7 @@ def _add_site_images(parser: argparse.ArgumentParser) -> None:
 
 
 def add_site_report(sub: argparse._SubParsersAction) -> None:
-    from training.site_report import BOOTSTRAP, GALLERY
+    from training.site_options import BOOTSTRAP, GALLERY
 
     report = sub.add_parser(
         "site-report",
@@ -375,9 +375,15 @@ def _optional_path(value: str | None) -> Path | None:
 
 
 def add_calibrate(sub: argparse._SubParsersAction) -> None:
-    from training.calibrate import DEFAULT_MIN_PER_CLASS
-    from training.recalibrate import CALIBRATIONS, DEFAULT_CALIBRATION, DEFAULT_METHOD, METHODS, describe
-    from training.site_report import GALLERY
+    from training.site_options import (
+        CALIBRATIONS,
+        DEFAULT_CALIBRATION,
+        DEFAULT_METHOD,
+        DEFAULT_MIN_PER_CLASS,
+        GALLERY,
+        METHODS,
+        describe,
+    )
 
     calibrate = sub.add_parser(
         "calibrate",
@@ -466,6 +472,19 @@ COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
 )
 
 
+# What the training extras bring (pyproject.toml's [training]); a verb that needs one says how to install it.
+EXTRAS_INSTALL = "pip install -c constraints.txt -e '.[training]'"
+TRAINING_EXTRAS = frozenset({"scipy", "sklearn", "matplotlib", "tf2onnx", "tqdm"})
+
+
+def missing_extra_message(exc: ModuleNotFoundError) -> str | None:
+    """The one line for a verb that needs a training extra which is not installed; None for any other import error."""
+    module = (exc.name or "").partition(".")[0]
+    if module not in TRAINING_EXTRAS:
+        return None
+    return f"{module} is not installed: this command needs the training extras; install them with `{EXTRAS_INSTALL}`"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
     parser.set_defaults(tensorflow=True)  # the verb imports TensorFlow (a verb that does not says so)
@@ -485,6 +504,12 @@ def main(argv: list[str] | None = None) -> int:
         code = args.func(args)
     except TrainingError as exc:  # the user's to fix: one line, no traceback
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:  # the verbs import their heavy modules only when they run
+        message = missing_extra_message(exc)
+        if message is None:
+            raise
+        print(f"error: {args.command}: {message}", file=sys.stderr)
         return 2
     log.info("%s finished in %.1f s", args.command, time.monotonic() - started)
     return int(code)

@@ -40,23 +40,8 @@ from training.metrics import (
     operating_point_thresholds,
     sigmoid,
 )
+from training.site_options import CALIBRATIONS, DEFAULT_CALIBRATION, DEFAULT_METHOD, METHODS, SHRINK_N
 
-METHODS = ("shrunk", "smoothed", "empirical", "shift")
-DEFAULT_METHOD = "shrunk"
-METHOD_DESCRIPTIONS = {
-    "shrunk": "each operating point's rule on the site sample (sensitivity_95: Harrell-Davis 5th percentile of the "
-    "PNEUMONIA logits), shrunk towards validation's threshold moved by the site's logit shift, weight n/(n+{k})",
-    "smoothed": "each operating point's rule on the site sample (sensitivity_95: Harrell-Davis 5th percentile of "
-    "the PNEUMONIA logits), no shrinkage",
-    "empirical": "each operating point's rule on the site sample, as on validation (bare re-pick)",
-    "shift": "validation's thresholds moved by the site's logit shift (bias-only Platt), no rule re-applied",
-}
-# Chosen on the simulated sites (results/site_calibration): the prior strength of the shrinkage, in images.
-SHRINK_N = 20
-# The calibration: `bias` (scale 1) is the default; on the simulated sites a full (scale and bias) fit had the
-# higher log loss on the site's other images at every sample size measured (10-100 per class).
-CALIBRATIONS = ("bias", "full")
-DEFAULT_CALIBRATION = "bias"
 BALANCED = "balanced_0.5"
 STRESS = "stress_youden"
 SENSITIVITY_95 = "sensitivity_95"
@@ -235,10 +220,6 @@ def combine(
         logit = shifted if site is None else weight * site + (1 - weight) * shifted
         points[name] = SitePoint(name, float(logit), site, float(shifted), float(weight))
     return Recalibration(method, float(scale), float(bias), float(shift), source.prevalence, points)
-
-
-def describe(method: str, shrink_n: float = SHRINK_N) -> str:
-    return METHOD_DESCRIPTIONS[method].format(k=shrink_n)
 
 
 @dataclass(frozen=True)

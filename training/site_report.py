@@ -35,12 +35,11 @@ from training.errors import TrainingError
 from training.metrics import bootstrap_intervals, logits_from_probabilities, reliability_curve, wilson_interval
 from training.recalibrate import Counts, counts
 from training.site_data import LabelledFile, ScoredSite, score_site
+from training.site_options import BOOTSTRAP, GALLERY
 
 log = logging.getLogger(__name__)
 
 WIDE = 0.10  # an interval wider than +-WIDE says the sample is too small to tell
-GALLERY = 8  # false positives and false negatives shown, each
-BOOTSTRAP = 1000
 THUMBNAIL = 320
 RESULTS_README = "results/site_calibration/README.md"
 
