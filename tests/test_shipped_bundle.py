@@ -7,9 +7,10 @@ import pytest
 
 from app.config import Settings
 from app.service import load_service
-from pneumonia.bundle import RESEARCH_DISCLAIMER, read_metadata
+from pneumonia.bundle import MODEL_CARD_FILENAME, RESEARCH_DISCLAIMER, read_metadata
 from tests.support import REPO_ROOT, SHIPPED_BUNDLE
 from training.config import load_config
+from training.model_card import model_card
 
 CONFIGS = sorted((REPO_ROOT / "training" / "configs").glob("*.toml"))
 
@@ -26,6 +27,15 @@ def test_shipped_bundle_metadata_is_valid_and_honest():
     assert any(
         "not validated" in item.lower() or "not externally validated" in item.lower() for item in metadata.limitations
     )
+
+
+def test_the_shipped_card_is_what_the_generator_writes_for_the_shipped_metadata():
+    """One home: the card (served at GET /model/card, included in docs/model.md) is the metadata, in words. After a
+    change to training/model_card.py, rewrite it with model_card(read_metadata(models/default))."""
+    shipped = (SHIPPED_BUNDLE / MODEL_CARD_FILENAME).read_text()
+    assert shipped == model_card(read_metadata(SHIPPED_BUNDLE))
+    assert shipped.count("Research use only") == 1  # the disclaimer, once
+    assert "## Explanations" in shipped
 
 
 def test_shipped_bundle_self_tests_with_explanations(shipped_service):

@@ -1,12 +1,14 @@
 """The bundle's Markdown model card (MODEL_CARD.md), generated from its metadata alone so the two cannot disagree.
 
 One section per part of the metadata: validation metrics, operating points (and where they were chosen), stress,
-input check, population, site adaptation and site calibration.
+explanations, input check, population, site adaptation and site calibration. models/default/MODEL_CARD.md is this
+function's output for models/default/metadata.json (tests/test_shipped_bundle.py), and the docs include that file.
 """
 
 from __future__ import annotations
 
 from pneumonia.bundle import BundleMetadata
+from pneumonia.explain import DEFAULT_METHOD
 from pneumonia.population import population_words
 
 
@@ -43,6 +45,22 @@ def population_section(metadata: BundleMetadata) -> str:
             f"{'refused' if quality.action == 'refuse' else 'answered with a warning'} ({quality.evidence})."
         )
     return "\n\n".join(lines)
+
+
+def explanations_section(metadata: BundleMetadata) -> str:
+    """Which explanation is served, and what the bundle's model.onnx contributes to it."""
+    served = (
+        f"Served by default (`/explain`, `Model.explain`): `{DEFAULT_METHOD}`, each map for the predicted class. "
+        "The default was chosen by the faithfulness benchmark (`pneumonia bench explain`; the shipped model's "
+        "evidence is in results/explanations)."
+    )
+    activation = metadata.explain_activation
+    if activation is None:
+        return f"{served} This bundle's model.onnx outputs no activation, so model.keras runs the whole model."
+    return (
+        f"{served} model.onnx also outputs the activation of `{activation.layer}` (`{activation.output}`), the "
+        "earliest layer any served method reads, so model.keras runs only the layers after it."
+    )
 
 
 def model_card(metadata: BundleMetadata) -> str:
@@ -130,6 +148,9 @@ Confusion matrix: TN {tn}, FP {fp}, FN {fn}, TP {tp}.
 | Perturbation | ROC-AUC | Sensitivity | Specificity |
 |---|---|---|---|
 {stress_rows}
+
+## Explanations
+{explanations_section(metadata)}
 
 ## Input check
 {input_check_md}
