@@ -472,6 +472,11 @@ def markdown(results: dict) -> str:
         f"{at['sensitivity']:.3f} and specificity {at['specificity']:.3f}. Even at {sizes[-1]} per class about one draw "
         f"in {1 / max(1e-9, 1 - top['within_share']):.0f} misses by more than {results['within']}: a 5th percentile "
         "estimated from a sample is noisy, so check the calibrated bundle on other labelled images (`site-report`).",
+        "",
+        "Not in the table: `stress_youden`. `calibrate` re-chooses it too, pooling the sample with its own stress "
+        "perturbations, but this study draws samples from cached scores of whole simulated sites and has no "
+        "perturbed copies of each drawn image to pool, so its sample size is not measured here (study.json has no "
+        "entry for it); check it on other labelled images with `site-report`.",
         "<!-- --8<-- [end:sample-size] -->",
         "",
         "## Methods compared, at the default point `sensitivity_95`",

@@ -51,3 +51,20 @@ def test_without_the_dataset_it_stops_with_a_message(tmp_path):
         main(["--data", str(tmp_path / "none"), "--split", str(tmp_path / "none.csv"), "--cache", str(tmp_path),
               "--out", str(tmp_path / "out")])  # fmt: skip
     assert not (tmp_path / "out").exists()
+
+
+def test_the_committed_readme_is_the_renderer_of_the_committed_json():
+    """results/site_calibration/README.md is `markdown(study.json)`, every number generated; its sample-size table
+    (included in docs/new-site.md) has every operating point the study measured, and says why stress_youden is not
+    one of them."""
+    import json
+    from pathlib import Path
+
+    results_dir = Path(__file__).resolve().parents[2] / "results" / "site_calibration"
+    results = json.loads((results_dir / "study.json").read_text())
+    text = (results_dir / "README.md").read_text()
+    assert markdown(results) == text
+    table = text.split("--8<-- [start:sample-size]")[1].split("--8<-- [end:sample-size]")[0]
+    measured = set(results["pooled"]["sample_size"]["10"][results["default_method"]])
+    assert all(f" {name} " in table for name in measured)
+    assert "stress_youden" not in measured and "Not in the table: `stress_youden`" in table
