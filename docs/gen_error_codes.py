@@ -1,7 +1,8 @@
 """MkDocs hook (mkdocs.yml `hooks:`): the table of error codes, generated from the enum at build time.
 
 Where a page says `<!-- error-codes -->`, the hook puts a Markdown table of every code: its HTTP status and
-what it means, in the enum's order. Every code lives in `pneumonia.errors.ErrorCode`, the access errors (API
+what it means, in the enum's order. Where a page says `<!-- raw-media-types -->`, it puts the Content-Types the
+service accepts as a raw image body (`app.api.uploads.RAW_MEDIA_TYPES`), so no page retypes that list either. Every code lives in `pneumonia.errors.ErrorCode`, the access errors (API
 keys, rate limit) included. Nothing is written to docs/: the table exists only in the built page, so it cannot
 go stale. tests/test_docs_site.py checks it against the enum.
 
@@ -14,6 +15,7 @@ from collections.abc import Iterator
 from typing import Any
 
 MARKER = "<!-- error-codes -->"
+MEDIA_TYPES_MARKER = "<!-- raw-media-types -->"
 
 
 HEADER = ("Code", "HTTP status", "Meaning")
@@ -37,9 +39,21 @@ def error_code_table() -> str:
     return "\n".join(rows)
 
 
+def raw_media_types() -> str:
+    """The accepted raw-body Content-Types in words: `a`, `b` or `c`."""
+    from app.api.uploads import RAW_MEDIA_TYPES
+
+    quoted = [f"`{media_type}`" for media_type in RAW_MEDIA_TYPES]
+    return ", ".join(quoted[:-1]) + " or " + quoted[-1]
+
+
 def on_page_markdown(markdown: str, page: Any, config: Any, files: Any) -> str:
-    """MkDocs event: replace the marker with the generated table."""
-    return markdown.replace(MARKER, error_code_table()) if MARKER in markdown else markdown
+    """MkDocs event: replace the markers with the generated table and list."""
+    if MARKER in markdown:
+        markdown = markdown.replace(MARKER, error_code_table())
+    if MEDIA_TYPES_MARKER in markdown:
+        markdown = markdown.replace(MEDIA_TYPES_MARKER, raw_media_types())
+    return markdown
 
 
 if __name__ == "__main__":

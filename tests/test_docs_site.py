@@ -62,3 +62,36 @@ def test_the_readme_is_short_and_its_relative_links_resolve():
     for target in re.findall(r"\]\(([^)#\s]+)", readme):
         if not re.match(r"[a-z]+:", target):
             assert (ROOT / target).exists(), f"README links to {target}, which does not exist"
+
+
+# A status next to a code, as a page writes it: a table row `| 415 | `code` |`, or `415 code` / 415 `code` in prose.
+STATUS_AND_CODE = (
+    re.compile(r"^\|\s*([45]\d{2})\s*\|\s*`([a-z_]+)`\s*\|", re.MULTILINE),
+    re.compile(r"`([45]\d{2}) ([a-z_]+)`"),
+    re.compile(r"\b([45]\d{2}) `([a-z_]+)`"),
+)
+
+
+def statuses_with_codes(markdown: str) -> list[tuple[int, str]]:
+    return [(int(m[1]), m[2]) for pattern in STATUS_AND_CODE for m in pattern.finditer(markdown)]
+
+
+def test_every_status_and_code_a_page_names_is_one_of_the_enum():
+    pages = [*sorted((ROOT / "docs").glob("**/*.md")), ROOT / "README.md"]
+    named = {(page.name, status, code) for page in pages for status, code in statuses_with_codes(page.read_text())}
+    assert len(named) >= 10  # the pages do name codes: the patterns below still find them
+    known = {code.value: code.status for code in ErrorCode}
+    wrong = sorted((page, status, code) for page, status, code in named if known.get(code) != status)
+    assert not wrong, f"not an error code of pneumonia.errors.ErrorCode with that status: {wrong}"
+
+
+def test_the_pages_list_the_raw_media_types_the_service_accepts():
+    from app.api.uploads import RAW_MEDIA_TYPES
+
+    hook = load_hook()
+    for name in ("http-api.md", "operating.md"):
+        page = (ROOT / "docs" / name).read_text()
+        assert hook.MEDIA_TYPES_MARKER in page, f"docs/{name} should take the media types from the code"
+        rendered = hook.on_page_markdown(page, page=None, config=None, files=None)
+        assert all(f"`{media_type}`" in rendered for media_type in RAW_MEDIA_TYPES)
+    assert "`application/octet-stream`" in hook.raw_media_types()  # sniffed from the bytes, so accepted

@@ -70,7 +70,7 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         401: "No API key, or one that is not accepted: send 'Authorization: Bearer TOKEN' (code unauthorized)",
         404: "Unknown or expired prediction id",
         413: "Upload or image too large",
-        415: "Neither multipart/form-data nor a raw image/jpeg, image/png or application/dicom body, or not a "
+        415: "Neither multipart/form-data nor a raw body of a media type the request body lists, or not a "
         "JPEG/PNG/DICOM image",
         422: "Invalid parameters or an unusable image",
         429: "Past the rate limit for this key or address (code rate_limited); retry after Retry-After seconds",

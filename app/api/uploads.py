@@ -6,8 +6,8 @@ received, with or without Content-Length (chunked bodies). `read_upload` accepts
 - multipart/form-data with one field `file`, parsed with python-multipart's streaming parser straight into
   memory: no `UploadFile`, no SpooledTemporaryFile, so an upload never touches the disk. File names are never
   read out of the part headers, let alone logged;
-- the raw body, with Content-Type image/jpeg, image/png or application/dicom (the form model servers use).
-  The Content-Type only selects this form: the format is still sniffed from the bytes.
+- the raw body, with one of the Content-Types in RAW_MEDIA_TYPES (the form model servers use). The Content-Type
+  only selects this form: the format is still sniffed from the bytes.
 Both pass through the same size limit and end in the same decode, so they fail with the same errors.
 """
 

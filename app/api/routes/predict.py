@@ -7,7 +7,7 @@ from fastapi import APIRouter, Query, Request, Response
 from app.api.deps import DecisionDep, PolicyDep, ServiceDep
 from app.api.dicom import SR_FORMAT, dicom_response, dicom_response_doc, dicom_source
 from app.api.errors import error_responses
-from app.api.uploads import UPLOAD_REQUEST_BODY, read_upload
+from app.api.uploads import RAW_MEDIA_TYPES, UPLOAD_REQUEST_BODY, read_upload
 from app.presenter import prediction_fields
 from app.schemas import Prediction
 
@@ -19,7 +19,7 @@ router = APIRouter(tags=["predict"])
     response_model=Prediction,
     summary="P(pneumonia) for one chest X-ray (research use only)",
     description="Upload one JPEG, PNG or DICOM chest X-ray as multipart field `file`, or as the raw body with "
-    "Content-Type image/jpeg, image/png or application/dicom. "
+    f"Content-Type {', '.join(RAW_MEDIA_TYPES)}. "
     "Returns the model's probability and the label at the chosen operating point, and the input check's verdict "
     "(`input_check`). An image that is not a frontal chest X-ray is refused with 422 `not_a_chest_xray` unless "
     "?input_check=warn or off. Not a diagnosis.",
