@@ -24,6 +24,7 @@ import logging
 import os
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -87,10 +88,21 @@ def image_fields(data: bytes) -> dict[str, Any]:
     return {"image_sha256": hashlib.sha256(data).hexdigest(), "image_bytes": len(data)}
 
 
-def batch_row_hook(audit: AuditLog, root: Path, key_id: str | None = None) -> Callable[[dict[str, str], Any], None]:
-    """`on_row` for `pneumonia.batch.score_folder` (`python -m app.score`): one line per file, `source` "score".
+def new_run_id(source: str) -> str:
+    """The `request_id` of the lines of a run that has no HTTP request: `score-` or `pacs-` and 32 hex digits,
+    one per `python -m app.score` run or PACS worker pass, so the lines of one run can be found together."""
+    return f"{source}-{uuid.uuid4().hex}"
+
+
+def batch_row_hook(
+    audit: AuditLog, root: Path, key_id: str | None = None, run_id: str | None = None
+) -> Callable[[dict[str, str], Any], None]:
+    """`on_row` for `pneumonia.batch.score_folder` (`python -m app.score`): one line per file, `source` "score",
+    `request_id` the run's id (`run_id`, or a new one: `new_run_id("score")`), `duration_ms` the file's time in
+    its batch (`ScoredItem.seconds`).
 
     The file is read again for its digest (the batch keeps no bytes); its path is never written."""
+    run_id = run_id or new_run_id("score")
 
     def write(row: dict[str, str], item: Any) -> None:
         try:
@@ -99,8 +111,10 @@ def batch_row_hook(audit: AuditLog, root: Path, key_id: str | None = None) -> Ca
             fields = {}
         prediction, error = getattr(item, "prediction", None), getattr(item, "error", None)
         check = getattr(prediction, "input_check", None) or getattr(error, "check", None)
+        seconds = getattr(item, "seconds", None)
         record = AuditRecord(
-            endpoint="score", source="score", key_id=key_id, **fields,
+            endpoint="score", source="score", key_id=key_id, request_id=run_id, **fields,
+            duration_ms=seconds * 1000 if seconds is not None else None,
             status=200 if prediction is not None else getattr(error, "status_code", None),
             code=str(error.code) if error is not None else None,
             policy=getattr(check, "policy", None), accepted=getattr(check, "accepted", None),

@@ -23,6 +23,9 @@ class CachedPrediction:
     probability: float
     created_at: float
     input_check: dict[str, Any] = field(default_factory=dict)  # the verdict given with the prediction
+    # The upload it was made from, for the audit lines of GET /explain/{id}: its SHA-256 and size (never the bytes).
+    image_sha256: str | None = None
+    image_bytes: int | None = None
 
     @property
     def nbytes(self) -> int:
@@ -51,10 +54,20 @@ class PredictionCache:
         self._bytes = 0
         self._lock = threading.Lock()
 
-    def put(self, key: str, image: DecodedImage, probability: float, input_check: dict[str, Any] | None = None) -> None:
+    def put(
+        self,
+        key: str,
+        image: DecodedImage,
+        probability: float,
+        input_check: dict[str, Any] | None = None,
+        *,
+        image_sha256: str | None = None,
+        image_bytes: int | None = None,
+    ) -> None:
         entry = CachedPrediction(
-            image=image, probability=float(probability), created_at=self._clock(), input_check=input_check or {}
-        )
+            image=image, probability=float(probability), created_at=self._clock(), input_check=input_check or {},
+            image_sha256=image_sha256, image_bytes=image_bytes,
+        )  # fmt: skip
         with self._lock:
             if self.max_entries <= 0 or (self.max_bytes is not None and entry.nbytes > self.max_bytes):
                 return

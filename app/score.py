@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from app.audit import AuditLog, batch_row_hook
+from app.audit import AuditLog, batch_row_hook, new_run_id
 from app.config import Settings
 from pneumonia.batch import BatchOptions, score_folder
 from pneumonia.bundle import RESEARCH_DISCLAIMER, BundleError
@@ -52,8 +52,12 @@ def run(args: argparse.Namespace) -> int:
     )
     print(RESEARCH_DISCLAIMER, file=sys.stderr)
     audit = AuditLog.open(settings.audit_log)  # one line per file when PNEUMONIA_AUDIT_LOG is set, as the service
+    run_id = new_run_id("score")  # the request_id of this run's audit lines
+    if audit is not None:
+        print(f"audit trail: {audit.path}, request_id {run_id}", file=sys.stderr)
     try:
-        score_folder(model, root, Path(args.out), options, on_row=batch_row_hook(audit, root) if audit else None)
+        on_row = batch_row_hook(audit, root, run_id=run_id) if audit else None
+        score_folder(model, root, Path(args.out), options, on_row=on_row)
     except ValueError as exc:  # --out is some other CSV
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -64,11 +64,14 @@ class ConcurrencyLimiter:
 
 @dataclass(frozen=True)
 class Analysis:
-    """A request's result: the prediction (and explanation) plus the id it is stored under."""
+    """A request's result: the prediction (and explanation) plus the id it is stored under, and (when known) the
+    SHA-256 and size of the upload it was made from: kept with the stored prediction for the audit trail."""
 
     prediction_id: str
     prediction: Prediction
     explanation: Explanation | None = None
+    image_sha256: str | None = None
+    image_bytes: int | None = None
 
 
 class ModelService:
@@ -108,7 +111,11 @@ class ModelService:
         explain: bool = False,
         method: str | None = None,
         overlay_max_side: int | None = OVERLAY_MAX_SIDE,
+        image_sha256: str | None = None,
+        image_bytes: int | None = None,
     ) -> Analysis:
+        """Score (and explain) an upload. `image_sha256` and `image_bytes`, the upload's as the audit trail
+        recorded them, are stored with the prediction so that GET /explain/{id} can record them too."""
         if explain:
             self.model.require_explanations()
         policy = policy or self.settings.input_check
@@ -119,8 +126,9 @@ class ModelService:
         prediction = result.prediction if isinstance(result, Explanation) else result
         explanation = result if isinstance(result, Explanation) else None
         prediction_id = new_prediction_id()
-        await self.cache.put(prediction_id, prediction.image, prediction.probability, asdict(prediction.input_check))
-        return Analysis(prediction_id, prediction, explanation)
+        await self.cache.put(prediction_id, prediction.image, prediction.probability, asdict(prediction.input_check),
+                             image_sha256=image_sha256, image_bytes=image_bytes)  # fmt: skip
+        return Analysis(prediction_id, prediction, explanation, image_sha256, image_bytes)
 
     async def explain_cached(
         self,
@@ -137,7 +145,7 @@ class ModelService:
         prediction = self.model.prediction(entry.image, entry.probability, check, decision)
         async with self.limiter.slot():
             explanation = await to_thread.run_sync(self.model.explain_prediction, prediction, method, overlay_max_side)
-        return Analysis(prediction_id, prediction, explanation)
+        return Analysis(prediction_id, prediction, explanation, entry.image_sha256, entry.image_bytes)
 
 
 def _unchecked() -> InputCheckResult:

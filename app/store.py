@@ -6,7 +6,8 @@ Two implementations of one small async interface (`put`, `get`):
   process is served by another.
 
 Both keep only what an explanation needs: the decoded 8-bit grayscale pixels, their shape, the source format,
-the decoder's notes and the probability; never the uploaded bytes. Both bound it the same way: entries expire
+the decoder's notes and the probability, plus the upload's SHA-256 and size for the audit trail's
+GET /explain/{id} lines (when an audit log is kept); never the uploaded bytes. Both bound it the same way: entries expire
 after `cache_ttl_s` (Redis: the key's own expiry, PX), no entry over `cache_max_entry_bytes` is kept, and the
 total is bounded by `cache_size`/`cache_max_bytes` in memory or by the Redis server's `maxmemory` (the
 operator's; see docker-compose.yml, deploy/k8s/redis.yaml: no persistence, so nothing reaches a disk).
@@ -46,8 +47,9 @@ class StoreUnavailableError(PneumoniaError):
 
 class PredictionStore(Protocol):
     async def put(
-        self, key: str, image: DecodedImage, probability: float, input_check: dict[str, Any] | None = None
-    ) -> None:
+        self, key: str, image: DecodedImage, probability: float, input_check: dict[str, Any] | None = None, *,
+        image_sha256: str | None = None, image_bytes: int | None = None,
+    ) -> None:  # fmt: skip
         """Keep the prediction for the TTL; never raises (a failure is logged and the entry dropped)."""
 
     async def get(self, key: str) -> CachedPrediction | None:
@@ -62,10 +64,11 @@ class MemoryStore:
         self.cache = PredictionCache(settings.cache_size, settings.cache_ttl_s, max_bytes=settings.cache_max_bytes)
 
     async def put(
-        self, key: str, image: DecodedImage, probability: float, input_check: dict[str, Any] | None = None
-    ) -> None:
+        self, key: str, image: DecodedImage, probability: float, input_check: dict[str, Any] | None = None, *,
+        image_sha256: str | None = None, image_bytes: int | None = None,
+    ) -> None:  # fmt: skip
         if image.pixels.nbytes <= self.max_entry_bytes:
-            self.cache.put(key, image, probability, input_check)
+            self.cache.put(key, image, probability, input_check, image_sha256=image_sha256, image_bytes=image_bytes)
 
     async def get(self, key: str) -> CachedPrediction | None:
         return self.cache.get(key)
@@ -74,21 +77,29 @@ class MemoryStore:
         return None
 
 
-def encode_entry(image: DecodedImage, probability: float, input_check: dict[str, Any] | None = None) -> bytes:
+def encode_entry(
+    image: DecodedImage, probability: float, input_check: dict[str, Any] | None = None, *,
+    image_sha256: str | None = None, image_bytes: int | None = None,
+) -> bytes:  # fmt: skip
     """Header length, JSON header (shape, format, notes, probability, input check), then the raw uint8 pixels.
 
-    A fixed, data-only format: whatever is in Redis is parsed, never unpickled.
+    A fixed, data-only format: whatever is in Redis is parsed, never unpickled. The Redis store is shared by
+    processes that may run different versions during a rolling update, so the header only ever gains optional
+    fields, which every reader looks up with a default: `image_sha256` and `image_bytes` (the upload's, for the
+    audit trail) are written only when known, an older reader ignores them, and an entry written without them
+    (by an older process) reads back with None.
     """
     pixels = np.ascontiguousarray(image.pixels, dtype=np.uint8)
-    header = json.dumps(
-        {
-            "shape": list(pixels.shape),
-            "format": image.source_format,
-            "warnings": list(image.warnings),
-            "probability": float(probability),
-            "input_check": input_check or {},
-        }
-    ).encode()
+    fields: dict[str, Any] = {
+        "shape": list(pixels.shape),
+        "format": image.source_format,
+        "warnings": list(image.warnings),
+        "probability": float(probability),
+        "input_check": input_check or {},
+    }
+    if image_sha256 is not None and image_bytes is not None:
+        fields.update(image_sha256=image_sha256, image_bytes=int(image_bytes))
+    header = json.dumps(fields).encode()
     return _HEADER_LENGTH.pack(len(header)) + header + pixels.tobytes()
 
 
@@ -99,9 +110,11 @@ def decode_entry(blob: bytes) -> CachedPrediction:
     height, width = header["shape"]
     pixels = np.frombuffer(blob, dtype=np.uint8, count=height * width, offset=start + length).reshape(height, width)
     image = DecodedImage(pixels=pixels, source_format=header["format"], warnings=tuple(header["warnings"]))
+    sha256, size = header.get("image_sha256"), header.get("image_bytes")
     return CachedPrediction(
-        image=image, probability=float(header["probability"]), created_at=0.0, input_check=header.get("input_check", {})
-    )
+        image=image, probability=float(header["probability"]), created_at=0.0, input_check=header.get("input_check", {}),
+        image_sha256=sha256 if isinstance(sha256, str) else None, image_bytes=size if isinstance(size, int) else None,
+    )  # fmt: skip
 
 
 class RedisStore:
@@ -119,14 +132,16 @@ class RedisStore:
         self.where = _redacted(url)
 
     async def put(
-        self, key: str, image: DecodedImage, probability: float, input_check: dict[str, Any] | None = None
-    ) -> None:
+        self, key: str, image: DecodedImage, probability: float, input_check: dict[str, Any] | None = None, *,
+        image_sha256: str | None = None, image_bytes: int | None = None,
+    ) -> None:  # fmt: skip
         if image.pixels.nbytes > self.max_entry_bytes:
             return
         from redis.exceptions import RedisError
 
+        blob = encode_entry(image, probability, input_check, image_sha256=image_sha256, image_bytes=image_bytes)
         try:
-            await self.client.set(KEY_PREFIX + key, encode_entry(image, probability, input_check), px=self.ttl_ms)
+            await self.client.set(KEY_PREFIX + key, blob, px=self.ttl_ms)
         except (RedisError, OSError) as exc:
             log.warning("prediction store %s: not stored (%s: %s)", self.where, type(exc).__name__, exc)
 

@@ -103,11 +103,14 @@ class Explanation:
 
 @dataclass(frozen=True)
 class ScoredItem:
-    """One entry of `predict_many`: the prediction, or the error that stopped it (never both)."""
+    """One entry of `predict_many`: the prediction, or the error that stopped it (never both). `seconds`, when
+    set (pneumonia.batch), is the wall time from the start of its batch to its result: reading, decoding, the
+    input check and the batch's one ONNX run."""
 
     source: str
     prediction: Prediction | None = None
     error: PneumoniaError | None = None
+    seconds: float | None = None
 
 
 class Assessment(NamedTuple):

@@ -6,7 +6,9 @@ audit log is open (`app.state.audit`). It sees every outcome, including those an
 - the request: method and path (the route template, the id of GET /explain/{id}), the request id
   (RequestContextMiddleware puts it in `scope["state"]`), and the query's operating point;
 - the dependencies: the key id (app/api/auth.py) and the upload's SHA-256 and size (`note_upload`, called by
-  app/api/uploads.py once the file's bytes are in memory: the image itself, not the multipart envelope);
+  app/api/uploads.py once the file's bytes are in memory: the image itself, not the multipart envelope); the
+  routes hand them (`noted_upload`) to the service, which keeps them with the stored prediction, and
+  GET /explain/{id} records those of the upload its prediction was made from (`note_stored_upload`);
 - the response: status, error code, and for an answer the probability, label, threshold, operating point,
   prediction id, input check verdict and model digest (the JSON body, or the X-* headers of ?format=png).
 Nothing else is read: no file name, no DICOM attribute, no pixel; the token never reaches this module.
@@ -45,6 +47,23 @@ def note_upload(request: Request, data: bytes) -> None:
         fields = image_fields(data)
         record.image_sha256, record.image_bytes = fields["image_sha256"], fields["image_bytes"]
         record.image_format = sniff_format(data)  # refusals too; an answer's `input.format` confirms it
+
+
+def noted_upload(request: Request) -> dict[str, Any]:
+    """`image_sha256` and `image_bytes` as `note_upload` recorded them (for `ModelService.analyse`), or {} when
+    this request is not audited (nothing is hashed for nothing)."""
+    record = audit_record(request)
+    if record is None or record.image_sha256 is None:
+        return {}
+    return {"image_sha256": record.image_sha256, "image_bytes": record.image_bytes}
+
+
+def note_stored_upload(request: Request, image_sha256: str | None, image_bytes: int | None) -> None:
+    """GET /explain/{id}: the digest and size of the upload the stored prediction was made from (None when it
+    was stored without them: by a process keeping no audit log, or by an older version)."""
+    record = audit_record(request)
+    if record is not None and image_sha256 is not None:
+        record.image_sha256, record.image_bytes = image_sha256, image_bytes
 
 
 def sniff_format(data: bytes) -> str | None:

@@ -24,6 +24,7 @@ from app.keys import keys_file_line
 
 SCHEMA_FIELDS = ["v", "time"] + [f.name for f in fields(AuditRecord) if f.name != "time"]
 TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
+RUN_ID = re.compile(r"^score-[0-9a-f]{32}$")
 
 
 def read_lines(path) -> list[dict]:
@@ -101,6 +102,7 @@ def test_http_lines_for_answers_refusals_and_errors(make_app, sample_jpeg, tmp_p
             out["png"] = await client.post("/explain?format=png&operating_point=youden", content=sample_jpeg,
                                            headers={**auth, "content-type": "image/jpeg"})  # fmt: skip
             out["cached"] = await client.get(f"/explain/{pid}", headers=auth)
+            out["expired"] = await client.get("/explain/0123456789abcdef", headers=auth)
             out["no_key"] = await client.post("/predict", content=sample_jpeg, headers={"content-type": "image/jpeg"})
             out["bad_type"] = await client.post("/predict", content=b"x", headers={**auth, "content-type": "text/x"})
             out["model"] = await client.get("/model", headers=auth)  # not a scoring request: no line
@@ -113,10 +115,11 @@ def test_http_lines_for_answers_refusals_and_errors(make_app, sample_jpeg, tmp_p
         ("POST /predict", 200, None),
         ("POST /explain", 200, None),
         ("GET /explain/{prediction_id}", 200, None),
+        ("GET /explain/{prediction_id}", 404, "prediction_not_found"),
         ("POST /predict", 401, "unauthorized"),
         ("POST /predict", 415, "unsupported_media_type"),
     ]
-    predicted, png, cached, no_key, bad_type = lines
+    predicted, png, cached, expired, no_key, bad_type = lines
     body = responses["predict"].json()
     digest = hashlib.sha256(sample_jpeg).hexdigest()
     assert predicted["request_id"] == "req-1" and predicted["key_id"] == "alice" and predicted["source"] == "http"
@@ -128,7 +131,11 @@ def test_http_lines_for_answers_refusals_and_errors(make_app, sample_jpeg, tmp_p
     assert predicted["duration_ms"] > 0
     assert png["image_sha256"] == digest and png["operating_point"] == "youden" and png["method"]
     assert png["probability"] == pytest.approx(float(responses["png"].headers["X-Probability"]), abs=1e-6)
-    assert cached["prediction_id"] == body["prediction_id"] and cached["image_sha256"] is None
+    # GET /explain/{id}: the digest and size of the upload its prediction was made from, kept with the prediction
+    assert cached["prediction_id"] == body["prediction_id"] and cached["duration_ms"] > 0
+    assert (cached["image_sha256"], cached["image_bytes"]) == (predicted["image_sha256"], predicted["image_bytes"])
+    assert cached["image_sha256"] == digest and cached["image_bytes"] == len(sample_jpeg)
+    assert expired["image_sha256"] is None and expired["image_bytes"] is None  # no prediction: no upload to name
     assert no_key["key_id"] is None and no_key["image_sha256"] is None and no_key["model_sha256"]
     assert bad_type["key_id"] == "alice"
     text = (tmp_path / "audit.jsonl").read_text()
@@ -158,4 +165,7 @@ def test_batch_scoring_writes_a_line_per_file_through_the_hook(tiny_bundle, samp
     assert answered["label"] in ("NORMAL", "PNEUMONIA") and answered["model_sha256"] and answered["policy"] == "off"
     assert refused["status"] == 415 and refused["code"] == "unsupported_format" and refused["label"] is None
     assert refused["image_sha256"] == hashlib.sha256(b"not an image").hexdigest()
+    # the latency (the file's time in its batch) and one request id per run, as the service has one per request
+    assert answered["duration_ms"] > 0 and refused["duration_ms"] >= 0  # (written to 0.1 ms)
+    assert RUN_ID.match(answered["request_id"]) and refused["request_id"] == answered["request_id"]
     assert "PATIENT-NAME" not in text and "notes" not in text  # paths are not written

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import struct
 import time
 
 import numpy as np
@@ -120,6 +122,58 @@ def test_redis_store_skips_entries_over_the_cap_and_unknown_ids(redis_server):
             await store.close()
 
     assert asyncio.run(unknown()) is None
+
+
+DIGEST = {"image_sha256": "ab" * 32, "image_bytes": 12345}
+
+
+def test_both_stores_keep_the_uploads_digest_and_size_for_the_audit_trail(redis_server):
+    async def go(store):
+        try:
+            await store.put("with", image(), 0.5, {"accepted": True}, **DIGEST)
+            await store.put("without", image(), 0.5)
+            return await store.get("with"), await store.get("without")
+        finally:
+            await store.close()
+
+    for store in (open_store(settings()), redis_store(redis_server)):
+        kept, unknown = asyncio.run(go(store))
+        assert (kept.image_sha256, kept.image_bytes) == (DIGEST["image_sha256"], DIGEST["image_bytes"]), store
+        assert (unknown.image_sha256, unknown.image_bytes) == (None, None), store
+        assert kept.input_check == {"accepted": True} and kept.probability == 0.5
+
+
+def old_entry(original: DecodedImage, probability: float) -> bytes:
+    """An entry as the version before the digest wrote it (a replica not yet updated, sharing the same Redis)."""
+    header = json.dumps({"shape": list(original.pixels.shape), "format": original.source_format,
+                         "warnings": list(original.warnings), "probability": probability, "input_check": {}}).encode()  # fmt: skip
+    return struct.pack(">I", len(header)) + header + original.pixels.tobytes()
+
+
+def test_the_redis_format_stays_readable_across_versions(redis_server):
+    """Processes of two versions share one Redis during a rolling update: an old entry reads back without a
+    digest, and a new entry's header only adds the two optional fields to the old one (an old reader, which looks
+    up the others by name, reads it as before)."""
+    original = image(12, 9)
+    new = encode_entry(original, 0.25, **DIGEST)
+    length = struct.unpack_from(">I", new)[0]
+    new_header = json.loads(new[4 : 4 + length])
+    old = old_entry(original, 0.25)
+    old_header = json.loads(old[4 : 4 + struct.unpack_from(">I", old)[0]])
+    assert {k: v for k, v in new_header.items() if k in old_header} == old_header
+    assert set(new_header) - set(old_header) == set(DIGEST) and new.endswith(original.pixels.tobytes())
+
+    async def read_old():
+        store = redis_store(redis_server)
+        try:
+            await store.client.set(KEY_PREFIX + "old", old, px=60_000)
+            return await store.get("old")
+        finally:
+            await store.close()
+
+    restored = asyncio.run(read_old())
+    assert (restored.image_sha256, restored.image_bytes) == (None, None) and restored.probability == 0.25
+    np.testing.assert_array_equal(restored.image.pixels, original.pixels)
 
 
 def test_unreachable_redis_put_fails_soft_get_raises(caplog):

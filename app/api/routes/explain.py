@@ -6,6 +6,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query, Request, Response
 
+from app.api.audit import note_stored_upload, noted_upload
 from app.api.deps import DecisionDep, PolicyDep, ServiceDep
 from app.api.dicom import SC_FORMAT, dicom_response, dicom_response_doc, dicom_source
 from app.api.errors import ApiError, error_responses
@@ -128,7 +129,7 @@ async def explain(
     data = await read_upload(request)
     source = dicom_source(data) if format == SC_FORMAT else None  # 415 dicom_required before any scoring
     analysis = await service.analyse(data, decision, policy=policy, explain=True, method=method,
-                                     overlay_max_side=_overlay_side(overlay))  # fmt: skip
+                                     overlay_max_side=_overlay_side(overlay), **noted_upload(request))  # fmt: skip
     if source is not None:
         return await dicom_response(source, analysis, format)
     return _respond(service, analysis, format)
@@ -141,6 +142,7 @@ async def explain(
     responses={**error_responses(404, 422, 503), **PNG_RESPONSE},
 )
 async def explain_cached(
+    request: Request,
     service: ServiceDep,
     decision: DecisionDep,
     prediction_id: Annotated[str, Path(max_length=64, description="prediction_id from /predict")],
@@ -155,4 +157,5 @@ async def explain_cached(
             "No recent prediction with this id: it is unknown or expired (predictions are kept for "
             f"{service.settings.cache_ttl_s:g} s, never on disk). Upload the image to POST /explain instead.",
         )
+    note_stored_upload(request, analysis.image_sha256, analysis.image_bytes)
     return _respond(service, analysis, format)

@@ -4,6 +4,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request, Response
 
+from app.api.audit import noted_upload
 from app.api.deps import DecisionDep, PolicyDep, ServiceDep
 from app.api.dicom import SR_FORMAT, dicom_response, dicom_response_doc, dicom_source
 from app.api.errors import error_responses
@@ -40,7 +41,7 @@ async def predict(
 ) -> Prediction | Response:
     data = await read_upload(request)
     source = dicom_source(data) if format == SR_FORMAT else None  # 415 dicom_required before any scoring
-    analysis = await service.analyse(data, decision, policy=policy)
+    analysis = await service.analyse(data, decision, policy=policy, **noted_upload(request))
     if source is not None:
         return await dicom_response(source, analysis, format)
     return Prediction(**prediction_fields(service, analysis))
