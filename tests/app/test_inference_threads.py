@@ -49,7 +49,7 @@ def test_a_lone_run_is_wide_and_overlapping_runs_are_narrow(loaded_service):
                 release.wait(30)
             return _real(outputs, feeds)
 
-        session.run = recording  # type: ignore[method-assign]
+        session.run = recording
     alone = classifier.predict(batch)
     assert used == ["wide"]
     first = threading.Thread(target=classifier.predict, args=(batch,))
@@ -82,7 +82,7 @@ def test_a_run_is_narrow_while_another_image_is_being_decoded_or_checked(loaded_
             used.append(_name)
             return _real(outputs, feeds)
 
-        session.run = recording  # type: ignore[method-assign]
+        session.run = recording
     with classifier.working():
         classifier.predict(batch)  # its own image: alone
         with classifier.working():  # a second image arrives and is being decoded

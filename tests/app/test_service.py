@@ -43,12 +43,12 @@ def test_missing_keras_degrades_to_no_explanations(bundle_copy):
     (bundle_copy / KERAS_FILENAME).unlink()
     service = load_service(Settings(model_dir=bundle_copy))
     assert service.model.explainer is None and not service.explain_available
-    assert KERAS_FILENAME in service.model.explain_unavailable_reason
+    assert KERAS_FILENAME in (service.model.explain_unavailable_reason or "")
 
 
 def test_explain_disabled_skips_grad_cam(bundle_copy):
     service = load_service(Settings(model_dir=bundle_copy, explain_enabled=False))
-    assert service.model.explainer is None and "disabled" in service.model.explain_unavailable_reason
+    assert service.model.explainer is None and "disabled" in (service.model.explain_unavailable_reason or "")
 
 
 def test_self_test_fails_when_onnx_and_keras_disagree(loaded_service, tiny_bundle):
@@ -154,6 +154,7 @@ def test_explain_activation_naming_another_layer_fails_the_self_test(bundle_copy
     from pneumonia.explain import layer_at_stride
 
     metadata = read_metadata(bundle_copy)
+    assert metadata.explain_activation is not None
     wrong = layer_at_stride(
         loaded_service.model.explainer._args[0], 16
     )  # a real layer, but not the one model.onnx outputs

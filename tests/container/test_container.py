@@ -24,6 +24,7 @@ import stat
 import subprocess
 import time
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -115,7 +116,7 @@ def readable_copy(bundle: Path, dest: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def report() -> dict:
+def report() -> Iterator[dict]:
     """What the container tests measured; printed at the end, and written to $CONTAINER_TEST_REPORT if set."""
     measured: dict = {}
     yield measured
@@ -125,7 +126,7 @@ def report() -> dict:
 
 
 @pytest.fixture(scope="module")
-def image(report) -> str:
+def image(report) -> Iterator[str]:
     started = time.monotonic()
     result = subprocess.run(
         ["podman", "build", "--format", "docker", "--network", "host", "-t", IMAGE, "."],

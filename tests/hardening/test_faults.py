@@ -132,7 +132,7 @@ def test_sigterm_lets_in_flight_requests_finish(start_server, tiny_bundle, tmp_p
         try:
             with httpx.Client(base_url=server.base_url, timeout=120) as client:
                 response = client.post("/explain", files={"file": ("big.png", data, "image/png")})
-                outcome = (response.status_code, response.json()["probability"])
+                outcome: tuple[int, float] | BaseException = (response.status_code, response.json()["probability"])
         except BaseException as exc:
             outcome = exc
         with lock:

@@ -17,6 +17,7 @@ import os
 import random
 import threading
 import time
+from typing import Any
 from collections import Counter
 from pathlib import Path
 
@@ -40,7 +41,7 @@ def request_mix(sample_images) -> list[tuple[str, str, dict, set[int]]]:
     jpegs = [p.read_bytes() for label in ("NORMAL", "PNEUMONIA") for p in sample_images[label]]
     png = corpus.png_bytes(512)
     truncated = jpegs[0][: len(jpegs[0]) // 3]
-    mix = []
+    mix: list[tuple[str, str, dict[str, Any], set[int]]] = []
     for data in jpegs:
         mix.append(
             (

@@ -100,5 +100,6 @@ def test_the_model_card_names_the_served_explanations(client, tiny_bundle):
     assert explanations["default_method"] == DEFAULT_METHOD
     assert set(explanations["methods"]) == set(METHOD_NAMES) and explanations["baselines"]
     # /explain starts from the activation model.onnx gives it, which the bundle names
-    assert explanations["starts_from_layer"] == read_metadata(tiny_bundle).explain_activation.layer
+    activation = read_metadata(tiny_bundle).explain_activation
+    assert activation is not None and explanations["starts_from_layer"] == activation.layer
     assert explanations["methods"][DEFAULT_METHOD] == [explanations["starts_from_layer"]]

@@ -93,7 +93,9 @@ def test_metadata_records_the_adaptation(tiny_bundle, adapted, site):
 def test_the_service_serves_it_and_says_it_is_adapted(adapted):
     service = load_service(Settings(model_dir=adapted, explain_enabled=False))  # checksums + self-test
     card = ModelCard.from_metadata(service.metadata, service.explain_available)
-    assert card.adaptation is not None and card.adaptation["n_images"] == service.metadata.adaptation.n_images
+    adaptation = service.metadata.adaptation
+    assert adaptation is not None and card.adaptation is not None
+    assert card.adaptation["n_images"] == adaptation.n_images
 
 
 def test_too_few_images_is_refused_with_nothing_written(tiny_bundle, site, tmp_path, capsys):

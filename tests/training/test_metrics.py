@@ -69,6 +69,7 @@ def test_bootstrap_intervals_contain_the_point_estimate():
     intervals = bootstrap_intervals(Y, P, 0.5, samples=200, seed=1)
     for name in ("roc_auc", "sensitivity", "specificity"):
         e = intervals[name]
+        assert e.ci_low is not None and e.ci_high is not None
         assert e.ci_low <= e.value <= e.ci_high
         assert e.ci_high - e.ci_low < 0.15
 
