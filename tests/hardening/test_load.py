@@ -17,9 +17,9 @@ import os
 import random
 import threading
 import time
-from typing import Any
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
