@@ -28,7 +28,7 @@ DICOM_MAGIC_OFFSET = 128
 DICOM_MAGIC = b"DICM"
 DEFAULT_MAX_PIXELS = 50_000_000
 MIN_SIDE = 32
-MAX_ASPECT_RATIO = 8.0
+DECODE_MAX_ASPECT_RATIO = 8.0  # decoding refuses a longer side over 8x the shorter (bad_dimensions)
 COLOUR_NOTE_THRESHOLD = 8.0  # colour_deviation above this: the upload gets a "is this an X-ray?" warning
 # Pillow is only ever asked to parse these: the header parsers of its ~40 other format plugins (where most
 # of its advisories live: PSD, FITS, McIdas, ...) are never reached by an upload.
@@ -156,9 +156,10 @@ def _check_dimensions(width: int, height: int, max_pixels: int) -> None:
         )
     if min(width, height) < MIN_SIDE:
         raise ImageShapeError(f"The image is {width}x{height} pixels; each side must be at least {MIN_SIDE}.")
-    if max(width, height) / min(width, height) > MAX_ASPECT_RATIO:
+    if max(width, height) / min(width, height) > DECODE_MAX_ASPECT_RATIO:
         raise ImageShapeError(
-            f"The image is {width}x{height} pixels; an aspect ratio above {MAX_ASPECT_RATIO:g}:1 is not a chest X-ray."
+            f"The image is {width}x{height} pixels; "
+            f"an aspect ratio above {DECODE_MAX_ASPECT_RATIO:g}:1 is not a chest X-ray."
         )
 
 

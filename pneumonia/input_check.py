@@ -52,7 +52,7 @@ POLICIES: tuple[Policy, ...] = ("refuse", "warn", "off")
 ANALYSIS_SIDE = 192  # the resolution the noise limit below was measured at
 MIN_PIXEL_STD = 8.0
 MAX_NOISE_RATIO = 0.45
-MAX_ASPECT_RATIO = 2.5
+CHEST_MAX_ASPECT_RATIO = 2.5  # the input check: a chest film is near square (decoding allows up to 8:1)
 # Mean per-pixel channel spread of an RGB upload above which it is a colour picture, not a grayscale film
 # (JPEG chroma noise of grayscale scans stays below ~3; pneumonia.imaging.colour_deviation).
 MAX_COLOUR_DEVIATION = 12.0
@@ -266,8 +266,8 @@ def pixel_reasons(gray: np.ndarray, width: int, height: int, measurements: dict[
         reasons.append(f"near-constant image: pixel standard deviation {std:.1f} (< {MIN_PIXEL_STD:g})")
     if noise_ratio > MAX_NOISE_RATIO:
         reasons.append(f"noise-like or text-like texture: noise ratio {noise_ratio:.2f} (> {MAX_NOISE_RATIO:g})")
-    if aspect > MAX_ASPECT_RATIO:
-        reasons.append(f"extreme aspect ratio {aspect:.2f} (> {MAX_ASPECT_RATIO:g}); a chest film is near square")
+    if aspect > CHEST_MAX_ASPECT_RATIO:
+        reasons.append(f"extreme aspect ratio {aspect:.2f} (> {CHEST_MAX_ASPECT_RATIO:g}); a chest film is near square")
     return reasons
 
 

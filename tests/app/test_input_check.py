@@ -8,7 +8,7 @@ import pytest
 from app.service import ModelService
 from pneumonia.imaging import DecodedImage
 from pneumonia.input_check import (
-    MAX_ASPECT_RATIO,
+    CHEST_MAX_ASPECT_RATIO,
     MIN_PIXEL_STD,
     InputChecker,
     InputCheckModel,
@@ -57,7 +57,7 @@ def test_each_cheap_check_names_its_number():
         and f"{MIN_PIXEL_STD:g}" in pixel_reasons(flat, 300, 300, {})[0]
     )
     assert any("noise" in r for r in pixel_reasons(rng.uniform(0, 255, (64, 64)), 300, 300, {}))
-    assert any("aspect" in r for r in pixel_reasons(smooth, int(300 * (MAX_ASPECT_RATIO + 1)), 300, {}))
+    assert any("aspect" in r for r in pixel_reasons(smooth, int(300 * (CHEST_MAX_ASPECT_RATIO + 1)), 300, {}))
     assert colour_reason(0.0) is None and "colour" in (colour_reason(40.0) or "")
 
 
