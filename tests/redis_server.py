@@ -2,7 +2,7 @@
 
 `redis_server` (module-scoped fixture, re-exported by the conftests that need it) starts one and stops it at
 the end; tests skip with the reason when the binary is missing (`apt-get install redis-server`, which
-.ci/run does).
+.ci/run does), and fail instead under CI (tests.support.missing_tool).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import free_port
+from tests.support import free_port, missing_tool
 
 START_TIMEOUT_S = 20
 
@@ -83,7 +83,7 @@ class RedisServer:
 def redis_server(tmp_path_factory):
     binary = redis_binary()
     if binary is None:
-        pytest.skip("redis-server is not installed (apt-get install -y redis-server; .ci/run installs it)")
+        missing_tool("redis-server is not installed (apt-get install -y redis-server; .ci/run installs it)")
     server = RedisServer(binary, free_port(), tmp_path_factory.mktemp("redis")).start()
     yield server
     server.kill()

@@ -15,6 +15,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 import httpx
 import pytest
@@ -117,6 +118,15 @@ def start_server(tmp_path_factory):
         if process.poll() is None:
             # uvicorn shuts down gracefully, then re-raises the captured SIGTERM: -15 is a clean exit here
             assert stop(process) in (0, -signal.SIGTERM), "uvicorn did not exit on SIGTERM"
+
+
+def missing_tool(message: str) -> NoReturn:
+    """A program the tests run for real (Orthanc, redis-server, Chromium) is not installed: skip, with `message`
+    saying how to install it, except under CI (the CI variable set, as .ci/run sets it), where the tools are
+    installed on purpose and a missing one must fail the run rather than let its tests pass by skipping."""
+    if os.environ.get("CI"):
+        pytest.fail(f"{message}; CI is set, so a missing tool fails instead of skipping")
+    pytest.skip(message)
 
 
 def copy_bundle(tiny_bundle: Path, target: Path) -> Path:

@@ -30,8 +30,6 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
-
 import numpy as np
 from PIL import Image, ImageDraw
 
@@ -39,6 +37,7 @@ from pneumonia.bundle import (
     ImageQualitySpec,
     Population,
     PopulationCheckSpec,
+    QualityAction,
     read_metadata,
     sha256_file,
 )
@@ -291,7 +290,7 @@ def quality_evidence(
 
 def choose_quality_action(
     evidence: dict[str, object], clean_specificity: float
-) -> tuple[Literal["refuse", "warn"], str]:
+) -> tuple[QualityAction, str]:
     """Refuse when the films the range flags are answered much worse than clean ones (specificity down by more
     than 0.2 on average over the contrast levels that flag any), else warn."""
     flagged_specificity = [
@@ -302,7 +301,7 @@ def choose_quality_action(
     if not flagged_specificity:
         return "warn", "no perturbed validation film fell outside the range"
     mean = float(np.mean(flagged_specificity))
-    action: Literal["refuse", "warn"] = "refuse" if mean < clean_specificity - 0.2 else "warn"
+    action: QualityAction = "refuse" if mean < clean_specificity - 0.2 else "warn"
     return action, (
         f"validation films with reduced contrast that fall outside the range: specificity {mean:.2f} at the default "
         f"operating point (clean validation {clean_specificity:.2f}); see results/population"

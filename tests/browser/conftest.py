@@ -23,7 +23,7 @@ from urllib.parse import urlparse
 
 import pytest
 
-from tests.support import REPO_ROOT, Server, launch, start_server, stop, wait_ready  # noqa: F401  (a fixture)
+from tests.support import REPO_ROOT, Server, launch, missing_tool, start_server, stop, wait_ready  # noqa: F401  (a fixture)
 
 CHROMIUM = os.environ.get("PNEUMONIA_TEST_CHROMIUM", "/usr/bin/chromium")
 # Headless Chromium as root in a container: no sandbox, no GPU, and none of its own background traffic
@@ -71,7 +71,7 @@ def browser():
         "playwright.sync_api", reason="Playwright for Python is not installed (pip install -e '.[dev]')"
     )
     if not (Path(CHROMIUM).is_file() or shutil.which(CHROMIUM)):
-        pytest.skip(f"no Chromium at {CHROMIUM}: install Debian's package (apt-get install -y chromium)")
+        missing_tool(f"no Chromium at {CHROMIUM}: install Debian's package (apt-get install -y chromium)")
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield browser

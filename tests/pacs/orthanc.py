@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support import free_port
+from tests.support import free_port, missing_tool
 
 PLUGIN_CANDIDATES = (
     "/usr/share/orthanc/plugins/libOrthancDicomWeb.so",
@@ -79,7 +79,7 @@ class Orthanc:
 def start_orthanc(workdir: Path) -> Orthanc:
     binary = orthanc_binary()
     if binary is None:
-        pytest.skip("Orthanc is not installed (apt-get install -y --no-install-recommends orthanc orthanc-dicomweb)")
+        missing_tool("Orthanc is not installed (apt-get install -y --no-install-recommends orthanc orthanc-dicomweb)")
     port, password = free_port(), secrets.token_urlsafe(16)
     storage = workdir / "storage"
     storage.mkdir(parents=True)
