@@ -11,6 +11,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pneumonia.bundle import PARITY_TOLERANCE
 from pneumonia.imaging import DEFAULT_MAX_PIXELS
+from pneumonia.input_check import Policy
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MiB = 1024 * 1024
@@ -49,7 +50,7 @@ class Settings(BaseSettings):
         description="redis://host:port/db: share predictions between workers and replicas (unset or empty: in memory).",
     )
     explain_enabled: bool = True
-    input_check: Literal["refuse", "warn", "off"] = Field(
+    input_check: Policy = Field(
         default="refuse",
         description="What to do with an image that is not a frontal chest X-ray: refuse (HTTP 422 not_a_chest_xray), "
         "warn (answer, with accepted=false and the reasons in warnings) or off (no check). Per request: ?input_check=",

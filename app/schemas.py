@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from pneumonia.bundle import RESEARCH_DISCLAIMER, BundleMetadata, OperatingPoint
 from pneumonia.explain import COLOUR_SCALE, DEFAULT_METHOD, METHOD_NAMES
+from pneumonia.input_check import Policy
 
 _EXAMPLE_MODEL: dict[str, Any] = {
     "name": "mobilenetv2-192",
@@ -38,7 +39,7 @@ class InputCheck(BaseModel):
     reasons: list[str] = Field(
         description="Why it was refused, and what was done to it (e.g. 'rotated back to upright')"
     )
-    policy: Literal["refuse", "warn", "off"]
+    policy: Policy
     detector: Literal["available", "unavailable", "off"] = Field(
         description="unavailable: the bundle has no fitted detector (schema 1), only cheap pixel checks ran"
     )

@@ -213,6 +213,10 @@ class PopulationCheckSpec(_Strict):
     method: str
 
 
+# What a bundle's evidence chose for films outside its image-quality range (a subset of the input check's Policy)
+QualityAction = Literal["refuse", "warn"]
+
+
 class ImageQualitySpec(_Strict):
     """The exposure and contrast range of the training films, measured on the model input (0..255 gray)."""
 
@@ -220,7 +224,7 @@ class ImageQualitySpec(_Strict):
     min_mean: float
     max_mean: float
     measured_on: str
-    action: Literal["refuse", "warn"] = Field(description="What a film outside the range gets, chosen by evidence.")
+    action: QualityAction = Field(description="What a film outside the range gets, chosen by evidence.")
     evidence: str
 
 

@@ -30,6 +30,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
 import numpy as np
 from PIL import Image, ImageDraw
 
@@ -288,9 +289,7 @@ def quality_evidence(
     return rows
 
 
-def choose_quality_action(
-    evidence: dict[str, object], clean_specificity: float
-) -> tuple[QualityAction, str]:
+def choose_quality_action(evidence: dict[str, object], clean_specificity: float) -> tuple[QualityAction, str]:
     """Refuse when the films the range flags are answered much worse than clean ones (specificity down by more
     than 0.2 on average over the contrast levels that flag any), else warn."""
     flagged_specificity = [
