@@ -24,7 +24,7 @@ from bench.floor import measure_floor, measure_throughput
 from bench.loadgen import Upload, round_trip, run_level
 from bench.report import compute_ratios, evaluate_targets, render_markdown
 from bench.servers import REPO_ROOT, Server, clean_env
-from pneumonia.bundle import read_metadata
+from pneumonia.bundle import METADATA_FILENAME, read_metadata
 
 SAMPLES = REPO_ROOT / "tests" / "data" / "samples"
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -324,8 +324,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     resolve_counts(args)
     bundle = args.bundle.resolve()
-    if not (bundle / "metadata.json").is_file():
-        print(f"error: {bundle} is not a model bundle (no metadata.json); pass --bundle DIR, e.g. one written by "
+    if not (bundle / METADATA_FILENAME).is_file():
+        print(f"error: {bundle} is not a model bundle (no {METADATA_FILENAME}); pass --bundle DIR, e.g. one written by "
               "`python -m training export --run RUN --out DIR`", file=sys.stderr)  # fmt: skip
         return 2
     meta = read_metadata(bundle)

@@ -30,6 +30,8 @@ ONNX_FILENAME = "model.onnx"
 KERAS_FILENAME = "model.keras"
 METADATA_FILENAME = "metadata.json"
 MODEL_CARD_FILENAME = "MODEL_CARD.md"
+INPUT_CHECK_FILENAME = "input_check.npz"
+POPULATION_CHECK_FILENAME = "population_check.npz"
 CLASS_NAMES: tuple[str, str] = ("NORMAL", "PNEUMONIA")
 
 # Largest |P_onnx - P_keras| accepted between the two models of a bundle (export check, service self-test).
@@ -121,7 +123,7 @@ class FileChecksums(_Strict):
 class InputCheckSpec(_Strict):
     """The fitted input check stored beside the models (pneumonia/input_check.py reads it)."""
 
-    filename: str = "input_check.npz"
+    filename: str = INPUT_CHECK_FILENAME
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     statistics_outputs: list[str] = Field(min_length=1, description="ONNX outputs with per-channel [E[x], E[x^2]].")
     layers: list[str] = Field(min_length=1, description="Layers of model.keras whose statistics those outputs are.")
@@ -200,7 +202,7 @@ class Population(_Strict):
 class PopulationCheckSpec(_Strict):
     """The learned check that a film is of the training population (pneumonia/population.py reads it)."""
 
-    filename: str = "population_check.npz"
+    filename: str = POPULATION_CHECK_FILENAME
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     threshold: float = Field(description="P(outside the population) above which a film is flagged.")
     fitted_on: str

@@ -39,7 +39,6 @@ from pneumonia.population import (
     tag_findings,
 )
 
-INPUT_CHECK_FILENAME = "input_check.npz"
 STATISTICS_OUTPUT_PREFIX = "stats_"  # ONNX outputs stats_0..stats_{k-1}: (N, 2C) = [E[x], E[x^2]] per channel
 THUMBNAIL_SIDE = 24
 

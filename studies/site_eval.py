@@ -56,7 +56,7 @@ def scores(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, float]:
 def evaluate_sites(bundle: Path, data: Path, split: Path, seed: int = 0) -> dict:
     import keras
 
-    from pneumonia.bundle import read_metadata
+    from pneumonia.bundle import KERAS_FILENAME, read_metadata
     from training.data import decode_samples, read_split
 
     metadata = read_metadata(bundle)
@@ -66,7 +66,7 @@ def evaluate_sites(bundle: Path, data: Path, split: Path, seed: int = 0) -> dict
     images, labels = decoded.images.astype(np.float32), decoded.labels
     patients = [s.patient for s in samples if s.path in set(decoded.paths)]
     adapt_mask, eval_mask = halves(patients, seed)
-    model = keras.models.load_model(bundle / "model.keras", compile=False)
+    model = keras.models.load_model(bundle / KERAS_FILENAME, compile=False)
     source_weights = model.get_weights()
     sites = ["clean", *PERTURBATIONS, *("+".join(pair) for pair in PAIRS)]
     results: dict = {"bundle": f"{metadata.name} {metadata.version}", "threshold": threshold,

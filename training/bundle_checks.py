@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pneumonia.bundle import (
+    INPUT_CHECK_FILENAME,
     KERAS_FILENAME,
     ONNX_FILENAME,
     PARITY_TOLERANCE,
@@ -18,7 +19,7 @@ from pneumonia.bundle import (
     Population,
     sha256_file,
 )
-from pneumonia.input_check import INPUT_CHECK_FILENAME, STATISTICS_OUTPUT_PREFIX
+from pneumonia.input_check import STATISTICS_OUTPUT_PREFIX
 from training import ood, population
 from training.data import decode_samples
 from training.errors import ExportError
