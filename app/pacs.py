@@ -8,7 +8,12 @@ line, writes the audit trail and sets the exit status:
 
     0  the pass (every pass, with --interval) ran; instances that failed are logged and retried next time
     1  the server cannot be reached, refuses the credentials, or is not a DICOMweb root
-    2  a usage or configuration error (arguments, credentials files, the bundle's metadata)
+    2  a usage or configuration error (arguments, credentials files, the bundle's metadata), or an unexpected
+       error that stops a pass (a model that fails to load, a server answer that cannot be read): one
+       `error: ...` line on stderr (the traceback at --log-level DEBUG), never a bare traceback
+
+Every pass has an id (`pacs-` and 32 hex digits), logged as it starts and written as the `request_id` of its
+audit lines.
 
 Credentials (never on the command line, docs/pacs.md): HTTP basic with PNEUMONIA_PACS_USERNAME and
 PNEUMONIA_PACS_PASSWORD_FILE (or PNEUMONIA_PACS_PASSWORD), or a bearer token with PNEUMONIA_PACS_TOKEN_FILE
@@ -28,7 +33,7 @@ from pathlib import Path
 
 import requests
 
-from app.audit import AuditLog, AuditRecord
+from app.audit import AuditLog, AuditRecord, new_run_id
 from app.config import Settings
 from app.service import load_model
 from pneumonia.bundle import BundleError, read_metadata
@@ -46,6 +51,19 @@ MODALITY = re.compile(r"^[A-Z0-9]{1,16}$")
 
 class ConfigError(ValueError):
     """Settings that cannot work (e.g. both basic and bearer credentials, an unreadable secret file)."""
+
+
+class PassId:
+    """The id of the pass in progress: a new one (app.audit.new_run_id) per pass, logged as the pass starts and
+    written as the `request_id` of the pass's audit lines (the worker has no HTTP request to take one from)."""
+
+    def __init__(self) -> None:
+        self.current: str | None = None
+
+    def next(self) -> str:
+        self.current = new_run_id("pacs")
+        log.info("pass %s", self.current)
+        return self.current
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -104,32 +122,38 @@ def main(argv: Sequence[str] | None = None, *, settings: Settings | None = None,
     client = DICOMwebClient(url.rstrip("/"), session=session, timeout=settings.pacs_timeout_s)
     stop = threading.Event()
     audit = AuditLog.open(settings.audit_log)
+    pass_id = PassId()
     worker = Worker(
         client, metadata, load or (lambda: load_model(settings)), policy=settings.input_check,
-        batch_size=batch_size, on_outcome=audit_hook(audit), should_stop=stop.is_set,
+        batch_size=batch_size, on_outcome=audit_hook(audit, pass_id), should_stop=stop.is_set,
     )  # fmt: skip
     query = Query(modalities, args.study_date, args.accession, args.study)
     log.info("PACS worker: %s, bundle %s %s, policy %s, operating point %s (threshold %.4g)", url, metadata.name,
              metadata.version, settings.input_check, worker.decision.operating_point, worker.decision.threshold)  # fmt: skip
     restore = _stop_on_signals(stop)
     try:
-        return _run(worker, query, args.interval, stop)
+        return _run(worker, query, args.interval, stop, pass_id)
     finally:
         restore()
         if audit is not None:
             audit.close()
 
 
-def _run(worker: Worker, query: Query, interval: float | None, stop: threading.Event) -> int:
+def _run(worker: Worker, query: Query, interval: float | None, stop: threading.Event, pass_id: PassId) -> int:
     passes = 0
     while True:
         try:
+            pass_id.next()
             worker.run_once(query)
         except PacsUnreachableError as exc:
             if interval is None or passes == 0:  # a server never reached is a configuration problem: say so
                 print(f"error: {exc}", file=sys.stderr)
                 return EXIT_UNREACHABLE
             log.error("%s; trying again in %g s", exc, interval)
+        except Exception as exc:  # not the server's absence: the model, the settings, or a bug. Say so, exit 2.
+            log.debug("pass %s stopped", pass_id.current, exc_info=True)
+            print(f"error: pass {pass_id.current} stopped: {type(exc).__name__}: {str(exc)[:300]}", file=sys.stderr)
+            return EXIT_CONFIG
         passes += 1
         if interval is None or stop.wait(interval):
             return EXIT_OK
@@ -170,8 +194,9 @@ def _secret(value: object, path: Path | None, what: str) -> str | None:
     return str(secret()) if callable(secret) else None
 
 
-def audit_hook(audit: AuditLog | None) -> Callable[[Outcome], None]:
-    """One audit line per instance scored (or refused, or failed), as app.audit describes for the PACS worker."""
+def audit_hook(audit: AuditLog | None, pass_id: PassId | None = None) -> Callable[[Outcome], None]:
+    """One audit line per instance scored (or refused, or failed), as app.audit describes for the PACS worker;
+    its `request_id` is the pass's id."""
 
     def write(outcome: Outcome) -> None:
         if audit is None:
@@ -184,6 +209,7 @@ def audit_hook(audit: AuditLog | None) -> Callable[[Outcome], None]:
             source="pacs",
             status=status,
             key_id="pacs-worker",
+            request_id=pass_id.current if pass_id is not None else None,
             code=code,
             image_sha256=outcome.image_sha256,
             image_bytes=outcome.image_bytes,

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import io
 import json
-import logging
+import os
+import re
+import shutil
 import subprocess
 import sys
 
@@ -47,6 +49,7 @@ CHEST = {
 }
 IDENTIFIERS = ("PID-ALPHA", "PID-BRAVO", "PID-CHARLIE", "PID-DELTA", "ACC-PACS", "Synthetic")
 SR_MODALITY, SC_MODALITY = "SR", "OT"
+LATER = "20240601"  # the study date of the instances later tests add (outside the filters tested on the first ones)
 pytestmark = pytest.mark.timeout(240)
 
 
@@ -86,28 +89,30 @@ def worker_settings(orthanc, tmp_path_factory) -> Settings:
                     pacs_password_file=folder / "password", audit_log=folder / "audit.jsonl")  # fmt: skip
 
 
-class Collect(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.lines: list[str] = []
+def worker_env(settings: Settings, **overrides: str) -> dict[str, str]:
+    """The environment of `python -m app.pacs` run as an operator runs it, with `settings`' PNEUMONIA_* values
+    (none inherited from this process) and every Python warning shown once (PYTHONWARNINGS=default)."""
+    env = {name: value for name, value in os.environ.items() if not name.startswith("PNEUMONIA_")}
+    env.update(
+        PNEUMONIA_MODEL_DIR=str(settings.model_dir), PNEUMONIA_INPUT_CHECK=settings.input_check,
+        PNEUMONIA_PACS_USERNAME=str(settings.pacs_username), PNEUMONIA_PACS_PASSWORD_FILE=str(settings.pacs_password_file),
+        PNEUMONIA_AUDIT_LOG=str(settings.audit_log), PYTHONWARNINGS="default",
+    )  # fmt: skip
+    return env | overrides
 
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(record.getMessage())
+
+def run_worker(settings: Settings, *args: str, timeout: float = 220, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "app.pacs", *args], cwd=REPO_ROOT, env=worker_env(settings, **env),
+                          capture_output=True, text=True, timeout=timeout)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
-def first_pass(orthanc, uploaded, worker_settings, shipped_model) -> dict:
-    logs, root = Collect(), logging.getLogger()
-    level = root.level
-    root.addHandler(logs)
-    root.setLevel(logging.DEBUG)  # pytest's handlers are installed: basicConfig in main() changes nothing
-    try:
-        code = main(["--url", orthanc.dicomweb, "--once", "--log-level", "DEBUG"], settings=worker_settings,
-                    load=lambda: shipped_model)  # fmt: skip
-    finally:
-        root.removeHandler(logs)
-        root.setLevel(level)
-    return {"code": code, "count": orthanc.count_instances(), "logs": logs.lines}
+def first_pass(orthanc, uploaded, worker_settings) -> dict:
+    """The first pass in a process of its own, logging at DEBUG: everything it writes (stderr: the log, warnings
+    and errors; stdout) is kept, to be searched for patient identifiers."""
+    result = run_worker(worker_settings, "--url", orthanc.dicomweb, "--once", "--log-level", "DEBUG")
+    return {"code": result.returncode, "count": orthanc.count_instances(), "stderr": result.stderr,
+            "stdout": result.stdout}  # fmt: skip
 
 
 def results_in(orthanc, study_uid: str, modality: str) -> list[pydicom.Dataset]:
@@ -161,7 +166,7 @@ def predict_json(model, data: bytes) -> dict:
 def test_a_pass_exits_zero_and_stores_an_sr_and_sc_per_chest_radiograph_and_an_sr_for_the_refused_one(
     first_pass, orthanc
 ):
-    assert first_pass["code"] == 0
+    assert first_pass["code"] == 0, first_pass["stderr"][-4000:]
     assert first_pass["count"] == 5 + 3 * 2 + 1
 
 
@@ -248,16 +253,22 @@ def test_the_audit_trail_has_a_line_per_instance_and_no_patient_identifier(first
     assert len(lines) == 4 and {line["source"] for line in lines} == {"pacs"}
     assert sorted(line["status"] for line in lines) == [200, 200, 200, 422]
     assert all(line["image_sha256"] and line["image_format"] == "DICOM" for line in lines)
+    assert all(line["image_bytes"] > 0 and line["duration_ms"] > 0 for line in lines)
+    # one request id for the pass (the worker has no HTTP request), the one its log names as the pass starts
+    (pass_id,) = {line["request_id"] for line in lines}
+    assert re.fullmatch(r"pacs-[0-9a-f]{32}", pass_id) and f"pass {pass_id}" in first_pass["stderr"]
     assert not any(identifier in text for identifier in IDENTIFIERS)
 
 
-def test_logs_name_instances_by_uid_and_never_a_patient_identifier(first_pass, uploaded):
-    lines = "\n".join(first_pass["logs"])
+def test_nothing_the_worker_writes_holds_a_patient_identifier(first_pass, uploaded):
+    """Its whole stderr (the log at DEBUG, every warning, errors) and stdout: instances by SOP Instance UID only."""
+    output = first_pass["stderr"] + "\n" + first_pass["stdout"]
     for name in (*CHEST, "not_xray"):
-        assert uploaded[name].SOPInstanceUID in lines
-    assert uploaded["ct"].SOPInstanceUID not in lines
-    assert not any(identifier in lines for identifier in IDENTIFIERS)
-    assert not any(uploaded[name].StudyInstanceUID in lines for name in uploaded)
+        assert uploaded[name].SOPInstanceUID in output
+    assert uploaded["ct"].SOPInstanceUID not in output
+    assert not any(identifier in output for identifier in IDENTIFIERS)
+    assert not any(uploaded[name].StudyInstanceUID in output for name in uploaded)
+    assert "Traceback" not in output
 
 
 # --- later passes --------------------------------------------------------------------------------------------
@@ -333,3 +344,52 @@ def test_refused_credentials_are_a_clear_error(orthanc, tmp_path, capsys):
 def test_credentials_never_come_from_the_command_line():
     with pytest.raises(SystemExit):
         main(["--url", "http://127.0.0.1:1/dicom-web", "--password", "x"])
+
+
+# --- resuming, and errors that are not the server's --------------------------------------------------------------
+def test_an_interrupted_pass_resumes_with_only_the_instances_it_had_not_done(first_pass, orthanc, shipped_model):
+    """Stopped after its first batch (SIGTERM sets should_stop), a pass leaves the rest; the next pass skips what
+    is done (its SR is in the PACS: no local state) and scores exactly the others."""
+    study = pydicom.uid.generate_uid()
+    sources = [chest_cr(SAMPLES / path, study_uid=study, accession="ACC-PACS-F", patient_id="PID-FOXTROT",
+                        study_date=LATER) for path, _, _ in CHEST.values()]  # fmt: skip
+    client = client_for(orthanc)
+    client.store_instances(sources)
+    before, query = orthanc.count_instances(), Query(accession="ACC-PACS-F")
+    first: list = []
+    interrupted = Worker(client, shipped_model.metadata, lambda: shipped_model, batch_size=1,
+                         on_outcome=first.append, should_stop=lambda: len(first) >= 1)  # fmt: skip
+    summary = interrupted.run_once(query)
+    assert (summary.found, summary.skipped, summary.stored, summary.not_analysed, summary.failed) == (3, 0, 1, 0, 0)
+    assert len(first) == 1 and orthanc.count_instances() == before + 2  # one SR and its SC
+    second: list = []
+    resumed = Worker(client, shipped_model.metadata, lambda: shipped_model, batch_size=1, on_outcome=second.append)
+    summary = resumed.run_once(query)
+    assert (summary.found, summary.skipped, summary.stored, summary.not_analysed, summary.failed) == (3, 1, 2, 0, 0)
+    remaining = {source.SOPInstanceUID for source in sources} - {first[0].sop_instance_uid}
+    assert sorted(outcome.sop_instance_uid for outcome in second) == sorted(remaining)
+    assert orthanc.count_instances() == before + 3 * 2
+    for source in sources:
+        report_about(orthanc, source)  # exactly one SR each
+
+
+def test_an_unexpected_error_is_one_error_line_and_exit_2_not_a_traceback(orthanc, worker_settings, tmp_path):
+    """A bundle whose metadata reads but whose model cannot load (no model.onnx). The model is loaded when the
+    first image needs scoring, so this fails in the middle of a pass: not "unreachable" (exit 1) but exit 2, with
+    one `error: ...` line."""
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    shutil.copy(SHIPPED / "metadata.json", bundle)
+    source = chest_cr(SAMPLES / CHEST["normal"][0], accession="ACC-PACS-G", patient_id="PID-GOLF", study_date=LATER)
+    client_for(orthanc).store_instances([source])
+    try:
+        result = run_worker(worker_settings, "--url", orthanc.dicomweb, "--once", "--study", source.StudyInstanceUID,
+                            timeout=120, PNEUMONIA_MODEL_DIR=str(bundle))  # fmt: skip
+    finally:
+        with orthanc.rest() as rest:  # leave the PACS as the other tests expect it
+            (found,) = rest.post("/tools/lookup", content=source.StudyInstanceUID).json()
+            rest.delete(f"/studies/{found['ID']}").raise_for_status()
+    assert result.returncode == 2, result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "model.onnx" in errors[0], result.stderr[-3000:]
+    assert "Traceback" not in result.stderr and "PID-GOLF" not in result.stderr
