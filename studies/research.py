@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from pneumonia.bundle import ONNX_FILENAME, BundleMetadata, read_metadata
+from pneumonia.labels import positive_mask
 from training import layout
 from training.data import DatasetError, decode_samples, read_split
 from training.metrics import calibrate
@@ -85,10 +86,10 @@ def threshold_table(
 
     def rates(t: float) -> tuple[float, float, np.ndarray, np.ndarray]:
         return (
-            float((positives >= t).mean()),
-            float((negatives < t).mean()),
-            (pos_draws >= t).mean(1),
-            (neg_draws < t).mean(1),
+            float(positive_mask(positives, t).mean()),
+            float((~positive_mask(negatives, t)).mean()),
+            positive_mask(pos_draws, t).mean(1),
+            (~positive_mask(neg_draws, t)).mean(1),
         )
 
     ref_sens, ref_spec, ref_sens_b, ref_spec_b = rates(thresholds[reference])

@@ -154,11 +154,13 @@ def operating_point_thresholds(
     p = np.asarray(p, dtype=float)
     precision, recall, pr_thresholds = precision_recall_curve(y, p, sample_weight=sample_weight)
     f1 = 2 * precision[:-1] * recall[:-1] / np.maximum(precision[:-1] + recall[:-1], _EPS)
-    candidates = np.unique(p)[::-1]  # highest first; labelled positive when p >= threshold
+    candidates = np.unique(p)[::-1]  # highest first
     thresholds = {
         "youden": _youden_threshold(y, p),
         "max_f1": float(pr_thresholds[np.argmax(f1)]),
-        "sensitivity_95": float(next(t for t in candidates if (p[y == 1] >= t).mean() >= TARGET_SENSITIVITY)),
+        "sensitivity_95": float(
+            next(t for t in candidates if positive_mask(p[y == 1], t).mean() >= TARGET_SENSITIVITY)
+        ),
         "balanced_0.5": 0.5,
     }
     if perturbed:

@@ -20,6 +20,7 @@ from app.api.errors import error_body
 from pneumonia.bundle import METADATA_FILENAME
 from pneumonia.errors import ErrorCode
 from pneumonia.explain import colour_bar_width
+from pneumonia.labels import label_for
 from tests.media import dicom, gray_of
 from tests.support import REPO_ROOT
 
@@ -90,10 +91,6 @@ def image_loaded(page, selector: str) -> bool:
 
 # how the page names the service's methods (app/static/app.js METHOD_NAMES), for the ones these tests meet
 METHOD_LABELS = {"gradcam": "Grad-CAM", "gradcam_stride8": "Grad-CAM (stride 8)", "hirescam": "HiResCAM"}
-
-
-def expected_label(probability: float, threshold: float) -> str:
-    return "PNEUMONIA" if probability >= threshold else "NORMAL"
 
 
 def test_the_page_shows_the_disclaimer_the_model_and_its_operating_points(page, service):
@@ -183,7 +180,7 @@ def test_switching_the_operating_point_relabels_without_uploading_again(page, tr
     for point in sorted(points, key=lambda p: p["threshold"]):
         page.select_option("#operating-point", point["name"])
         assert page.inner_text("#threshold-text") == f"threshold {point['threshold']:.3f}"
-        assert page.inner_text("#label") == expected_label(probability, point["threshold"])
+        assert page.inner_text("#label") == label_for(probability, point["threshold"])
         assert point["name"] in page.inner_text("#label-note")
         left = page.eval_on_selector("#threshold-marker", "m => parseFloat(m.style.left)")
         assert left == pytest.approx(point["threshold"] * 100, abs=0.05)
@@ -280,7 +277,7 @@ def test_a_flipped_label_gets_the_map_of_the_new_label(page, traffic, flipping_x
     answer = upload(page, "/explain", payload)
     assert answer.status == 200, answer.text()
     body = answer.json()
-    first, flipped = expected_label(probability, default["threshold"]), expected_label(probability, other["threshold"])
+    first, flipped = label_for(probability, default["threshold"]), label_for(probability, other["threshold"])
     assert first != flipped and body["label"] == body["explained_class"] == first
     wait_for_result(page)
     assert f"explains {first}" in page.inner_text("#overlay-caption") and not page.is_visible("#map-note")
@@ -314,7 +311,7 @@ def test_when_the_new_labels_map_cannot_be_had_the_page_says_which_label_the_map
     open_page(page)
     assert upload(page, "/explain", payload).status == 200
     wait_for_result(page)
-    first, flipped = expected_label(probability, default["threshold"]), expected_label(probability, other["threshold"])
+    first, flipped = label_for(probability, default["threshold"]), label_for(probability, other["threshold"])
     page.select_option("#operating-point", other["name"])
     assert page.inner_text("#label") == flipped
     page.wait_for_selector("#map-note:not([hidden])")

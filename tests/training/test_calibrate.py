@@ -14,6 +14,7 @@ import pytest
 
 from pneumonia.bundle import METADATA_FILENAME, read_metadata, sha256_file
 from pneumonia.imaging import to_model_input
+from pneumonia.labels import label_for, positive_mask
 from pneumonia.model import ImageRefusedError, Model
 from tests.support import SHIPPED_BUNDLE, run_coroutine
 from tests.training.site_support import CLASSES, candidates, colour_photo, truncated_png
@@ -122,7 +123,7 @@ def test_the_served_bundle_uses_the_new_points(calibrated, site):
     for path in sorted(site.rglob("*.jpeg")):
         prediction = model.predict(path)
         assert prediction.threshold == default.threshold and prediction.operating_point == default.name
-        assert prediction.label == ("PNEUMONIA" if prediction.probability >= default.threshold else "NORMAL")
+        assert prediction.label == label_for(prediction.probability, default.threshold)
         truth = path.parent.name
         hits[("t" if prediction.label == truth else "f") + ("p" if prediction.label == "PNEUMONIA" else "n")] += 1
     after = record.after[default.name]
@@ -304,16 +305,16 @@ def test_sensitivity_95_is_restored_on_a_shifted_site(normal_shift, pneumonia_sh
     source = _source(rng)
     site_neg, site_pos = _scores(rng, 50_000, 0, normal_shift), _scores(rng, 50_000, 1, pneumonia_shift)
     best = np.quantile(site_pos, 0.05)
-    best_spec = (site_neg < best).mean()
-    before_sens = (site_pos >= source.logits["sensitivity_95"]).mean()
-    before_spec = (site_neg < source.logits["sensitivity_95"]).mean()
+    best_spec = (~positive_mask(site_neg, best)).mean()
+    before_sens = positive_mask(site_pos, source.logits["sensitivity_95"]).mean()
+    before_spec = (~positive_mask(site_neg, source.logits["sensitivity_95"])).mean()
     sens, spec = [], []
     for _ in range(200):
         z = np.r_[_scores(rng, 40, 0, normal_shift), _scores(rng, 60, 1, pneumonia_shift)]
         y = np.r_[np.zeros(40, int), np.ones(60, int)]
         threshold = recalibrate(z, y, source).points["sensitivity_95"].logit
-        sens.append((site_pos >= threshold).mean())
-        spec.append((site_neg < threshold).mean())
+        sens.append(positive_mask(site_pos, threshold).mean())
+        spec.append((~positive_mask(site_neg, threshold)).mean())
     assert 0.93 <= np.mean(sens) <= 0.97
     assert np.mean(spec) >= best_spec - 0.03
     if normal_shift > 0:  # the site needed it: validation's threshold lost specificity there
