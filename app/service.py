@@ -159,7 +159,7 @@ def load_service(settings: Settings, *, observe_inference: Callable[[str, float]
 
 def load_model(settings: Settings, observe_inference: Callable[[str, float], None] | None = None) -> Model:
     """The bundle of `settings`, loaded as the service loads it (the PACS worker loads it the same way)."""
-    return Model.load(
+    model = Model.load(
         settings.model_dir,
         explain=settings.explain_enabled,
         onnx_threads=settings.onnx_threads,
@@ -168,3 +168,8 @@ def load_model(settings: Settings, observe_inference: Callable[[str, float], Non
         max_pixels=settings.max_pixels,
         observe=observe_inference,
     )
+    if not settings.explain_enabled:  # the library's reason names its argument; the operator knows the setting
+        model.explain_unavailable_reason = (
+            "Explanations are disabled in this deployment (PNEUMONIA_EXPLAIN_ENABLED=false)."
+        )
+    return model

@@ -440,6 +440,10 @@ def limit_tensorflow_threads(intra_op: int, inter_op: int) -> None:
         log.warning("TensorFlow is already initialised; its thread settings are left as they are")
 
 
+# Why a model loaded with explain=False answers no explanations (a service that loads it so adds its own setting)
+EXPLAIN_OFF = "Explanations are off: the model was loaded with explain=False."
+
+
 def _load_explainer(
     bundle_dir: Path, metadata: BundleMetadata, enabled: bool, tf_threads: tuple[int, int]
 ) -> tuple[Any, Any, str | None]:
@@ -449,7 +453,7 @@ def _load_explainer(
     present but fails its checksum, does not load or lacks the named layers is a broken bundle (BundleError).
     """
     if not enabled:
-        return None, None, "Explanations are disabled in this deployment (PNEUMONIA_EXPLAIN_ENABLED=false)."
+        return None, None, EXPLAIN_OFF
     if not (bundle_dir / KERAS_FILENAME).is_file():
         return None, None, f"This model bundle has no {KERAS_FILENAME}, so Grad-CAM explanations are unavailable."
     keras_path = verify_file(bundle_dir, KERAS_FILENAME, metadata.checksums.keras_sha256)

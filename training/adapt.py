@@ -22,8 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from pneumonia.bundle import PARITY_TOLERANCE, SCHEMA_VERSION, Adaptation, BundleMetadata, utc_now
-from pneumonia.imaging import ImageInputError, decode_image, to_model_input
-from pneumonia.imaging import find_images as find_relative_images
+from pneumonia.imaging import ImageInputError, decode_image, find_images, to_model_input
 from pneumonia.input_check import load_checker
 from training.derive import DerivedModels, derive_bundle, read_source
 from training.errors import TrainingError
@@ -48,17 +47,13 @@ class SiteImages:
     skipped: list[tuple[str, str]]  # (path, reason)
 
 
-def find_images(folder: Path) -> list[Path]:
-    """Every image file under `folder` (pneumonia.imaging's suffixes, or DICOM's magic for suffix-less files)."""
-    return [Path(folder) / relative for relative in find_relative_images(Path(folder))]
-
-
 def read_site_images(bundle_dir: Path, metadata: BundleMetadata, folder: Path) -> SiteImages:
     """Decode, check and prepare every image; skipped ones are reported with their reason."""
     checker = load_checker(bundle_dir, metadata)
     size = metadata.input_size
     images, hashes, skipped = [], [], []
-    for path in find_images(folder):
+    for relative in find_images(Path(folder)):
+        path = Path(folder) / relative
         data = path.read_bytes()
         try:
             image = decode_image(data)

@@ -70,7 +70,7 @@ def scan_split(split_dir: Path) -> list[Sample]:
     for label, (name, folder) in enumerate(_class_dirs(split_dir).items()):
         files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
         if not files:
-            raise DatasetError(f"{folder}: no images (.jpeg, .jpg, .png, .dcm) in class folder {name}")
+            raise DatasetError(f"{folder}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in class folder {name}")
         samples += [Sample(path=p, label=label, patient=patient_id(p.name)) for p in files]
     return samples
 

@@ -96,3 +96,20 @@ def test_the_one_command_line():
     assert unknown.returncode == 2 and "unknown verb 'diagnose'" in unknown.stderr
     train = run("train", "--help")
     assert train.returncode == 0 and "--data DATA" in train.stdout  # the training parser itself
+
+
+def test_explanations_off_are_explained_in_the_callers_terms(sample_images):
+    """A notebook that loaded the model with explain=False is told about that argument, not about a service
+    setting; the service, which loads it from PNEUMONIA_EXPLAIN_ENABLED, names its setting instead."""
+    from app.config import Settings
+    from app.service import load_model
+    from pneumonia.model import ExplainUnavailableError, Model
+    from tests.support import SHIPPED_BUNDLE
+
+    image = sample_images["NORMAL"][0]
+    with pytest.raises(ExplainUnavailableError) as library:
+        Model.load(SHIPPED_BUNDLE, explain=False).explain(image)
+    assert "explain=False" in library.value.message and "PNEUMONIA_" not in library.value.message
+    with pytest.raises(ExplainUnavailableError) as service:
+        load_model(Settings(model_dir=SHIPPED_BUNDLE, explain_enabled=False)).explain(image)
+    assert "PNEUMONIA_EXPLAIN_ENABLED=false" in service.value.message

@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from pneumonia.imaging import IMAGE_SUFFIXES
 from training.backbones import WeightsError
 from training.cli import UsageError, build_parser, main
 from training.config import ConfigError
@@ -56,7 +57,8 @@ def test_empty_class_folder(tmp_path, capsys):
     for name in ("NORMAL", "PNEUMONIA"):
         (tmp_path / "data" / "train" / name).mkdir(parents=True)
     assert main(["train", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "run")]) == 2
-    assert "no images" in _error(capsys)
+    error = _error(capsys)
+    assert "no images" in error and all(suffix in error for suffix in IMAGE_SUFFIXES)  # what would have counted
 
 
 def test_unknown_backbone(tiny_dataset, tmp_path, capsys):
