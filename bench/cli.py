@@ -275,7 +275,11 @@ def bench_score(bundle: Path, paths: list[Path], files: int) -> dict:
 
 # --- main ------------------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description=__doc__,
+        epilog="The other benchmarks: pneumonia bench explain | explain-latency | ood | sessions (each with --help).",
+    )
     parser.add_argument(
         "--bundle", type=Path, default=REPO_ROOT / "models" / "default", help="model bundle (default: models/default)"
     )

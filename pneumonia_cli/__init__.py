@@ -22,11 +22,23 @@ VERBS: dict[str, tuple[str, tuple[str, ...], str]] = {
     "bench": ("bench.cli", (), "measure the service's latency and throughput (from a clone)"),
     **{verb: ("training.cli", (verb,), "training: see `pneumonia " + verb + " --help`") for verb in TRAINING_VERBS},
 }
+# `pneumonia VERB SUB ...`: a verb's further tools, each still runnable as `python -m MODULE`
+SUBVERBS: dict[str, dict[str, tuple[str, str]]] = {
+    "bench": {
+        "explain": ("bench.explain.run", "how faithful each explanation method is (deletion/insertion, baselines)"),
+        "explain-latency": ("bench.explain.latency", "what /explain costs against /predict over HTTP, per method"),
+        "ood": ("bench.ood", "what the input check refuses and accepts, on validation and non-X-ray images"),
+        "sessions": ("bench.sessions", "the inference session designs, measured in-process"),
+    },
+}
 
 
 def usage() -> str:
-    width = max(len(v) for v in VERBS)
-    lines = [f"  {verb:<{width}}  {what}" for verb, (_, _, what) in VERBS.items()]
+    width = max(len(name) for name in [*VERBS, *(f"{verb} {sub}" for verb, subs in SUBVERBS.items() for sub in subs)])
+    lines = []
+    for verb, (_, _, what) in VERBS.items():
+        lines.append(f"  {verb:<{width}}  {what}")
+        lines += [f"  {verb + ' ' + sub:<{width}}  {about}" for sub, (_, about) in SUBVERBS.get(verb, {}).items()]
     return (
         "usage: pneumonia VERB [ARGS...]\n\nverbs:\n"
         + "\n".join(lines)
@@ -44,6 +56,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"pneumonia: unknown verb {verb!r}\n\n{usage()}", file=sys.stderr)
         return 2
     module_name, prefix, _ = VERBS[verb]
+    if rest and rest[0] in SUBVERBS.get(verb, {}):
+        (module_name, _), prefix, rest = SUBVERBS[verb][rest[0]], (), rest[1:]
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:  # the training verbs' own parser (training.cli) handles their extras

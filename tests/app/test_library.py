@@ -113,3 +113,18 @@ def test_explanations_off_are_explained_in_the_callers_terms(sample_images):
     with pytest.raises(ExplainUnavailableError) as service:
         load_model(Settings(model_dir=SHIPPED_BUNDLE, explain_enabled=False)).explain(image)
     assert "PNEUMONIA_EXPLAIN_ENABLED=false" in service.value.message
+
+
+@pytest.mark.parametrize(
+    ("sub", "module"),
+    [("explain", "bench.explain"), ("explain-latency", "bench.explain.latency"), ("ood", "bench.ood"),
+     ("sessions", "bench.sessions")],
+)  # fmt: skip
+def test_every_benchmark_is_a_verb_of_the_one_command_line(sub, module):
+    listing = subprocess.run([sys.executable, "-m", "pneumonia_cli", "--help"], capture_output=True, text=True,
+                             cwd=REPO_ROOT, timeout=120)  # fmt: skip
+    assert f"  bench {sub} " in listing.stdout
+    done = subprocess.run([sys.executable, "-m", "pneumonia_cli", "bench", sub, "--help"], capture_output=True,
+                          text=True, cwd=REPO_ROOT, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"usage: python -m {module} ")  # that benchmark's own parser; the alias it names
