@@ -32,8 +32,8 @@ class Settings(BaseSettings):
     )
     # Grad-CAM runs in TensorFlow. One thread per explanation, like ONNX Runtime's one per prediction:
     # parallelism comes from concurrent requests. Its ops on one image are small, so a pool costs more than it
-    # gives: on 2 cores the /explain map took 10-12 ms with 1/1 threads, 13-15 ms with TensorFlow's default
-    # (a pool per core). 0 keeps TensorFlow's default.
+    # gives (on 2 cores the map was slower with TensorFlow's default, a pool per core, in a one-off timing that
+    # no results file records). 0 keeps TensorFlow's default.
     tf_intra_op_threads: int = Field(default=1, ge=0)
     tf_inter_op_threads: int = Field(default=1, ge=0)
     max_concurrency: int = Field(default=4, gt=0, description="Requests decoding/inferring at once.")

@@ -95,3 +95,24 @@ def test_the_pages_list_the_raw_media_types_the_service_accepts():
         rendered = hook.on_page_markdown(page, page=None, config=None, files=None)
         assert all(f"`{media_type}`" in rendered for media_type in RAW_MEDIA_TYPES)
     assert "`application/octet-stream`" in hook.raw_media_types()  # sniffed from the bytes, so accepted
+
+
+def test_the_new_site_page_quotes_the_verdict_as_the_code_words_it():
+    """docs/new-site.md shows the site report's verdict for a site whose specificity fell, numbers left out:
+    the same sentences training.site_report.verdict writes, with every number replaced by '…'."""
+    from training.site_report import verdict
+
+    def estimate(value: float, low: float, high: float) -> dict[str, float]:
+        return {"value": value, "ci_low": low, "ci_high": high}
+
+    point = {"threshold": 0.8742, "sensitivity": estimate(0.99, 0.97, 1.0), "specificity": estimate(0.73, 0.67, 0.78),
+             "recorded_sensitivity": 0.95, "recorded_specificity": 0.985}  # fmt: skip
+    written = verdict({"default_operating_point": "sensitivity_95", "reference": "validation", "in_sample": False,
+                       "n": {"NORMAL": 120, "PNEUMONIA": 120}, "roc_auc": estimate(0.97, 0.95, 0.99),
+                       "operating_points": {"sensitivity_95": point}})  # fmt: skip
+    numbers_left_out = re.sub(r"(?<![\w.])\d+(?:\.\d+)?(?: \[[^\]]*\])?", "…", written)
+
+    page = (ROOT / "docs" / "new-site.md").read_text()
+    quoted = re.search(r'"(At `sensitivity_95`.*?)"', page, re.DOTALL)
+    assert quoted, "docs/new-site.md no longer quotes the verdict"
+    assert " ".join(quoted[1].split()) == " ".join(numbers_left_out.split())
