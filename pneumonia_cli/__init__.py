@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 # verb -> (module with a `main(argv)`, arguments put before the user's, what it does)
 TRAINING_VERBS = ("train", "evaluate", "export", "input-check", "population-check", "adapt", "calibrate",
@@ -31,6 +32,17 @@ SUBVERBS: dict[str, dict[str, tuple[str, str]]] = {
         "sessions": ("bench.sessions", "the inference session designs, measured in-process"),
     },
 }
+
+
+# Not installed (pyproject.toml packages): found beside this package in a clone, which an editable install runs from
+CLONE_ONLY = ("bench",)
+
+
+def _clone_on_path(module_name: str) -> None:
+    """Let the console script import a clone-only package, as `python -m` from the clone's root would."""
+    root, package = Path(__file__).resolve().parent.parent, module_name.partition(".")[0]
+    if package in CLONE_ONLY and (root / package).is_dir() and str(root) not in sys.path:
+        sys.path.append(str(root))
 
 
 def usage() -> str:
@@ -58,6 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     module_name, prefix, _ = VERBS[verb]
     if rest and rest[0] in SUBVERBS.get(verb, {}):
         (module_name, _), prefix, rest = SUBVERBS[verb][rest[0]], (), rest[1:]
+    _clone_on_path(module_name)
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:  # the training verbs' own parser (training.cli) handles their extras
