@@ -58,11 +58,17 @@ def noted_upload(request: Request) -> dict[str, Any]:
     return {"image_sha256": record.image_sha256, "image_bytes": record.image_bytes}
 
 
-def note_stored_upload(request: Request, image_sha256: str | None, image_bytes: int | None) -> None:
-    """GET /explain/{id}: the digest and size of the upload the stored prediction was made from (None when it
-    was stored without them: by a process keeping no audit log, or by an older version)."""
+def note_stored_upload(
+    request: Request, image_sha256: str | None, image_bytes: int | None, image_format: str | None
+) -> None:
+    """GET /explain/{id}: the digest, size and format of the upload the stored prediction was made from (the
+    digest and size are None when it was stored without them: by a process keeping no audit log, or by an
+    older version). The format is recorded for every answer, PNG ones (no JSON body) included."""
     record = audit_record(request)
-    if record is not None and image_sha256 is not None:
+    if record is None:
+        return
+    record.image_format = image_format
+    if image_sha256 is not None:
         record.image_sha256, record.image_bytes = image_sha256, image_bytes
 
 

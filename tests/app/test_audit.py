@@ -101,7 +101,7 @@ def test_http_lines_for_answers_refusals_and_errors(make_app, sample_jpeg, tmp_p
             pid = out["predict"].json()["prediction_id"]
             out["png"] = await client.post("/explain?format=png&operating_point=youden", content=sample_jpeg,
                                            headers={**auth, "content-type": "image/jpeg"})  # fmt: skip
-            out["cached"] = await client.get(f"/explain/{pid}", headers=auth)
+            out["cached"] = await client.get(f"/explain/{pid}?format=png", headers=auth)
             out["expired"] = await client.get("/explain/0123456789abcdef", headers=auth)
             out["no_key"] = await client.post("/predict", content=sample_jpeg, headers={"content-type": "image/jpeg"})
             out["bad_type"] = await client.post("/predict", content=b"x", headers={**auth, "content-type": "text/x"})
@@ -135,6 +135,7 @@ def test_http_lines_for_answers_refusals_and_errors(make_app, sample_jpeg, tmp_p
     assert cached["prediction_id"] == body["prediction_id"] and cached["duration_ms"] > 0
     assert (cached["image_sha256"], cached["image_bytes"]) == (predicted["image_sha256"], predicted["image_bytes"])
     assert cached["image_sha256"] == digest and cached["image_bytes"] == len(sample_jpeg)
+    assert cached["image_format"] == "JPEG"  # a PNG answer has no JSON body to read it from: the stored one
     assert expired["image_sha256"] is None and expired["image_bytes"] is None  # no prediction: no upload to name
     assert no_key["key_id"] is None and no_key["image_sha256"] is None and no_key["model_sha256"]
     assert bad_type["key_id"] == "alice"

@@ -189,3 +189,5 @@ def test_with_an_audit_log_every_file_gets_one_line_without_its_path(archive, tm
     digests = {line.get("image_sha256") for line in lines}
     assert hashlib.sha256((archive / "a/normal.jpeg").read_bytes()).hexdigest() in digests
     assert "normal.jpeg" not in audit.read_text()  # the file's path is never written
+    (run_id,) = {line["request_id"] for line in lines}  # one id for the run's lines
+    assert run_id.startswith("score-") and all(line["duration_ms"] is not None for line in lines)

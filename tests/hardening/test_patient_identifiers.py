@@ -61,6 +61,9 @@ SENTINELS: dict[str, tuple[str, str]] = {
 }
 FORBIDDEN = sorted({needle or value.split("^")[0].split(" ")[0] for value, needle in SENTINELS.values()} | {GIVEN})
 INVALID_BIRTH_DATE = "03.02.1901"  # not a DICOM DA: pydicom's validation would quote it in a warning
+# Not a DICOM AS (nnnD/W/M/Y, 4 characters) either, and searched for like the others. A unique sentinel rather
+# than a 4-character fragment: 4 letters would turn up by chance in the megabytes of PNG and Redis bytes searched.
+INVALID_AGE = _tag("QXAGE", 10)
 
 
 def sentinel_dicom(*, pixels: np.ndarray | None, invalid: bool = False, rows: int | None = None) -> bytes:
@@ -83,7 +86,7 @@ def sentinel_dicom(*, pixels: np.ndarray | None, invalid: bool = False, rows: in
             setattr(ds, attribute, value)
         if invalid:
             ds.PatientBirthDate = INVALID_BIRTH_DATE
-            ds.PatientAge = NAME[:4]  # not an AS value either
+            ds.PatientAge = INVALID_AGE
         if pixels is not None:
             pixels = pixels if rows is None else pixels[:rows, :rows]
             ds.Rows, ds.Columns = pixels.shape
@@ -96,6 +99,7 @@ def sentinel_dicom(*, pixels: np.ndarray | None, invalid: bool = False, rows: in
     for attribute, (value, _) in SENTINELS.items():
         if not (invalid and attribute == "PatientBirthDate"):
             assert value.encode() in data, attribute  # the sentinels really are in the upload
+    assert (INVALID_AGE.encode() in data) == invalid
     return data
 
 
@@ -198,7 +202,7 @@ def found_in(haystack: bytes, needles: list[str]) -> list[str]:
 def test_dicom_identifiers_reach_no_log_audit_store_metric_or_response(hospital, redis_server):
     server, audit = hospital
     responses, dicom_results, uploads = exchanges(server.base_url)
-    forbidden = [*FORBIDDEN, INVALID_BIRTH_DATE, "1901-02-03"]
+    forbidden = [*FORBIDDEN, INVALID_BIRTH_DATE, "1901-02-03", INVALID_AGE]
 
     leaks = {}
     for response in responses:

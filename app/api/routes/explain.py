@@ -157,5 +157,5 @@ async def explain_cached(
             "No recent prediction with this id: it is unknown or expired (predictions are kept for "
             f"{service.settings.cache_ttl_s:g} s, never on disk). Upload the image to POST /explain instead.",
         )
-    note_stored_upload(request, analysis.image_sha256, analysis.image_bytes)
+    note_stored_upload(request, analysis.image_sha256, analysis.image_bytes, analysis.prediction.image.source_format)
     return _respond(service, analysis, format)
