@@ -226,8 +226,17 @@ class ImageQualitySpec(_Strict):
     min_mean: float
     max_mean: float
     measured_on: str
-    action: QualityAction = Field(description="What a film outside the range gets, chosen by evidence.")
+    action: QualityAction = Field(
+        description="What a film outside the contrast range gets (and outside the exposure range, when "
+        "`exposure_action` is None), chosen by evidence."
+    )
     evidence: str
+    exposure_action: QualityAction | None = Field(
+        default=None,
+        description="What an under- or overexposed film gets, chosen by its own evidence (gamma and gray-level "
+        "shifts of validation). None in bundles written before: `action` applies to both rules.",
+    )
+    exposure_evidence: str | None = None
 
 
 class BundleMetadata(_Strict):

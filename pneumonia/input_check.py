@@ -359,15 +359,17 @@ class InputChecker:
         spec = self.quality
         if spec is None:
             return
-        problems = []
+        problems = []  # (what, the action the bundle's evidence chose for that rule)
         if dynamic_range < spec.min_dynamic_range:
-            problems.append(f"low contrast: 5th-95th percentile spread {dynamic_range:.0f} gray levels "
-                            f"(< {spec.min_dynamic_range:.0f}, below every training film but the lowest few)")  # fmt: skip
+            problems.append((f"low contrast: 5th-95th percentile spread {dynamic_range:.0f} gray levels "
+                             f"(< {spec.min_dynamic_range:.0f}, below every training film but the lowest few)",
+                             spec.action))  # fmt: skip
         if not spec.min_mean <= mean <= spec.max_mean:
-            problems.append(f"{'under' if mean < spec.min_mean else 'over'}exposed: mean gray level {mean:.0f} "
-                            f"(training films: {spec.min_mean:.0f}-{spec.max_mean:.0f})")  # fmt: skip
-        for problem in problems:
-            if spec.action == "refuse":
+            problems.append((f"{'under' if mean < spec.min_mean else 'over'}exposed: mean gray level {mean:.0f} "
+                             f"(training films: {spec.min_mean:.0f}-{spec.max_mean:.0f})",
+                             spec.exposure_action or spec.action))  # fmt: skip
+        for problem, action in problems:
+            if action == "refuse":
                 result.refuse(problem, ErrorCode.POOR_IMAGE_QUALITY)
             else:
                 result.reasons.append(f"{problem}; the answer may be unreliable")

@@ -151,3 +151,28 @@ def add_population_check(
     if evidence_dir is not None:
         population.write_evidence(evidence_dir, evidence)
     return out_dir
+
+
+def refit_image_quality(
+    bundle_dir: Path, data_dir: Path, split_path: Path, out_dir: Path, *, evidence_dir: Path | None = None
+) -> Path:
+    """Re-choose a schema-3 bundle's image-quality actions, one per rule (contrast; exposure), from its validation
+    films perturbed for each rule, at the range the bundle records; write the bundle to `out_dir` (staged; no model
+    file changes, only metadata.json and the card). `evidence_dir`: also update the `quality` entry of the
+    population.json there and re-render its README."""
+    from pneumonia.bundle import read_metadata
+    from training.data import read_split
+
+    metadata = read_metadata(bundle_dir)
+    split = read_split(split_path, data_dir)
+    if not split["val"]:
+        raise ExportError(f"{split_path}: needs validation rows")
+    try:
+        quality, evidence = population.refit_quality_actions(bundle_dir, split["val"])
+    except population.PopulationCheckError as exc:
+        raise ExportError(str(exc)) from exc
+    with staged_bundle(out_dir, bundle_dir) as staging:
+        write_bundle_metadata(staging, metadata.model_copy(update={"image_quality": quality}))
+    if evidence_dir is not None:
+        population.update_quality_evidence(evidence_dir, evidence)
+    return out_dir

@@ -286,6 +286,32 @@ def cmd_population_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_image_quality(sub: argparse._SubParsersAction) -> None:
+    quality = sub.add_parser(
+        "image-quality",
+        help="re-choose a schema-3 bundle's image-quality actions, one per rule (contrast, exposure), from its "
+        "validation films perturbed for each rule; writes a new bundle (models unchanged)",
+    )
+    quality.add_argument("--bundle", required=True, help="schema-3 bundle directory; required")
+    quality.add_argument("--split", required=True, help="split.csv the bundle was trained with (validation rows)")
+    quality.add_argument("--data", required=True, help="dataset root the split's paths resolve against; required")
+    quality.add_argument("--out", help="bundle directory to write (default: replace --bundle once complete)")
+    quality.add_argument("--evidence", help="evidence folder whose population.json `quality` entry is updated")
+    quality.set_defaults(func=cmd_image_quality, tensorflow=False)
+
+
+def cmd_image_quality(args: argparse.Namespace) -> int:
+    from training import bundle_checks
+
+    _setup_logging(None)
+    bundle = bundle_checks.refit_image_quality(
+        Path(args.bundle), Path(args.data), Path(args.split), Path(args.out or args.bundle),
+        evidence_dir=Path(args.evidence) if args.evidence else None,
+    )  # fmt: skip
+    print(f"bundle with per-rule image-quality actions written to {bundle}")
+    return 0
+
+
 # ---- adapt ----
 
 
@@ -465,6 +491,7 @@ COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
     add_export,
     add_input_check,
     add_population_check,
+    add_image_quality,
     add_adapt,
     add_site_report,
     add_calibrate,

@@ -39,11 +39,20 @@ def population_section(metadata: BundleMetadata) -> str:
             f"{check.validation_acceptance:.1%} of them. On an adult collection it was not fitted on: {held_out}."
         )
     if quality is not None:
-        lines.append(
-            f"Image quality: films with a 5th-95th percentile spread below {quality.min_dynamic_range:.0f} gray levels "
-            f"or a mean outside {quality.min_mean:.0f}-{quality.max_mean:.0f} ({quality.measured_on}) are "
-            f"{'refused' if quality.action == 'refuse' else 'answered with a warning'} ({quality.evidence})."
-        )
+        verb = {"refuse": "refused", "warn": "answered with a warning"}
+        if quality.exposure_action is None:  # one action for both rules (bundles before they were chosen apart)
+            lines.append(
+                f"Image quality: films with a 5th-95th percentile spread below {quality.min_dynamic_range:.0f} gray "
+                f"levels or a mean outside {quality.min_mean:.0f}-{quality.max_mean:.0f} ({quality.measured_on}) are "
+                f"{verb[quality.action]} ({quality.evidence})."
+            )
+        else:
+            lines.append(
+                f"Image quality ({quality.measured_on}): films with a 5th-95th percentile spread below "
+                f"{quality.min_dynamic_range:.0f} gray levels are {verb[quality.action]} ({quality.evidence}); films "
+                f"with a mean gray level outside {quality.min_mean:.0f}-{quality.max_mean:.0f} are "
+                f"{verb[quality.exposure_action]} ({quality.exposure_evidence})."
+            )
     return "\n\n".join(lines)
 
 

@@ -17,8 +17,10 @@ NIH age curve comes from patient-level cross-fitting (each NIH film scored by a 
 patient). The threshold keeps `VALIDATION_ACCEPTANCE` of the clean validation films.
 
 Image quality: the exposure (mean gray level) and contrast (5th-95th percentile spread) of the training films
-set the accepted range; whether a film outside it is refused or warned about is decided from the validation
-films under reduced contrast (the stress check's weak point): `quality_evidence`.
+set the accepted range; whether a film outside it is refused or warned about is decided per rule from the
+validation films perturbed for that rule: reduced contrast (the stress check's weak point) for the contrast rule,
+gamma and gray-level shifts for the exposure rule (`quality_evidence`, `choose_quality_action`).
+`refit_quality_actions` re-chooses them for an existing bundle (`python -m training image-quality`).
 """
 
 from __future__ import annotations
@@ -30,11 +32,13 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from PIL import Image, ImageDraw
 
 from pneumonia.bundle import (
+    BundleMetadata,
     ImageQualitySpec,
     Population,
     PopulationCheckSpec,
@@ -47,6 +51,7 @@ from pneumonia.input_check import channel_features, exposure
 from pneumonia.labels import positive_mask
 from pneumonia.population import PopulationDetector
 from training.errors import TrainingError
+from training.stress import Perturbation
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +64,11 @@ QUALITY_QUANTILE = (
     0.0025  # the accepted range: the training films' 0.25%-99.75% quantiles (0.5% refused 0.5% of validation)
 )
 CONTRAST_FACTORS = (0.4, 0.5, 0.6, 0.7)
+# The exposure rule's evidence: gamma > 1 darkens, < 1 brightens (the stress check's gamma_dark 1.6 and gamma_bright
+# 0.6, and one step further each way), and a uniform shift of the gray levels.
+EXPOSURE_GAMMAS = (1.6, 2.0, 0.6, 0.45)
+EXPOSURE_SHIFTS = (-40, 40)
+WORSE_BY = 0.2  # a rule refuses when the films it flags lose more than this in specificity or sensitivity
 # The shipped model's training population, from the dataset card (../shared/data/README.md).
 KERMANY_POPULATION = Population(
     age_min_years=1,
@@ -224,11 +234,15 @@ def generalisation(features: Features) -> dict[str, object]:
     collections = np.array([f.collection for f in features.films])
     ages = np.array([np.nan if f.age is None else f.age for f in features.films])
     adult = ages >= ADULT_AGE
-    held_out = {}
+    held_out: dict[str, float] = {}
+    held_out_degraded: dict[str, float] = {}
     for fitted_on, judged in (("nih", "ieee8023"), ("ieee8023", "nih")):
         detector = _fit(features, adult & (collections == fitted_on))
-        flagged = detector.probability(features.adults[collections == judged]) > detector.threshold
-        held_out[f"{judged} (fitted on {fitted_on} only)"] = round(float(flagged.mean()), 4)
+        # judged on the held-out collection's films, as they are and in their degraded copies (other resolution,
+        # JPEG quality, border, text, crop): a check that learned an archive's look would lose the copies
+        for table, rows in ((held_out, features.adults), (held_out_degraded, features.adults_degraded)):
+            flagged = detector.probability(rows[collections == judged]) > detector.threshold
+            table[f"{judged} (fitted on {fitted_on} only)"] = round(float(flagged.mean()), 4)
     # every NIH film scored by a check fitted on both collections without that film's patient
     patients = np.array([f.patient if f.collection == "nih" else "" for f in features.films])
     nih_patients = sorted({p for p in patients if p})
@@ -249,7 +263,8 @@ def generalisation(features: Features) -> dict[str, object]:
                "flagged": round(float(flagged[nih & (ages >= lo) & (ages < hi)].mean()), 4)}
         for name, (lo, hi) in bands.items()
     }  # fmt: skip
-    return {"held_out": held_out, "nih_age_curve": age_curve, "nih_flagged_cross_fitted": flagged[nih].tolist()}
+    return {"held_out": held_out, "held_out_degraded": held_out_degraded, "nih_age_curve": age_curve,
+            "nih_flagged_cross_fitted": flagged[nih].tolist()}  # fmt: skip
 
 
 def quality_limits(train_grays: list[np.ndarray], size: tuple[int, int]) -> tuple[float, float, float]:
@@ -262,49 +277,117 @@ def quality_limits(train_grays: list[np.ndarray], size: tuple[int, int]) -> tupl
     )
 
 
-def quality_evidence(
-    reader: FeatureReader, val_grays: list[np.ndarray], labels: np.ndarray, limits: tuple[float, float, float]
-) -> dict[str, object]:
-    """The validation films with their contrast reduced: how many the quality range flags, and the model's
-    specificity and sensitivity at its default operating point on the flagged and the unflagged ones."""
+def _gamma(gamma: float) -> Perturbation:
+    def apply(gray: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        return np.clip(255.0 * (gray / 255.0) ** gamma, 0, 255).astype(np.uint8)
+
+    return apply
+
+
+def _shift(delta: int) -> Perturbation:
+    def apply(gray: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        return np.clip(gray.astype(np.int16) + delta, 0, 255).astype(np.uint8)
+
+    return apply
+
+
+def quality_perturbations() -> dict[str, tuple[Literal["contrast", "exposure"], Perturbation]]:
+    """Perturbation name -> (the rule it tests, the perturbation): reduced contrast for the contrast rule,
+    gamma and gray-level shifts for the exposure rule."""
     from training.stress import contrast
 
-    threshold = reader.metadata.operating_point().threshold
-    size = reader.metadata.input_size
-    rows: dict[str, object] = {}
-    for factor in CONTRAST_FACTORS:
-        perturbed = [contrast(factor)(g, np.random.default_rng(0)) for g in val_grays]
-        probability, _ = reader.read(perturbed)
-        spread = np.array([exposure(to_model_input(g, size)[..., 0])[0] for g in perturbed])
-        flagged = spread < limits[0]
-        predicted = positive_mask(probability, threshold)
-        row: dict[str, float | int] = {"flagged": round(float(flagged.mean()), 4)}
-        for name, mask in (("flagged", flagged), ("unflagged", ~flagged)):
-            normal, pneumonia = mask & (labels == 0), mask & (labels == 1)
-            if normal.any():
-                row[f"specificity_{name}"] = round(float(np.mean(~predicted[normal])), 4)
-            if pneumonia.any():
-                row[f"sensitivity_{name}"] = round(float(np.mean(predicted[pneumonia])), 4)
-        rows[f"contrast x{factor:g}"] = row
+    rows: dict[str, tuple[Literal["contrast", "exposure"], Perturbation]] = {
+        f"contrast x{factor:g}": ("contrast", contrast(factor)) for factor in CONTRAST_FACTORS
+    }
+    rows |= {f"gamma {gamma:g}": ("exposure", _gamma(gamma)) for gamma in EXPOSURE_GAMMAS}
+    rows |= {f"gray levels {delta:+d}": ("exposure", _shift(delta)) for delta in EXPOSURE_SHIFTS}
     return rows
 
 
-def choose_quality_action(evidence: dict[str, object], clean_specificity: float) -> tuple[QualityAction, str]:
-    """Refuse when the films the range flags are answered much worse than clean ones (specificity down by more
-    than 0.2 on average over the contrast levels that flag any), else warn."""
-    flagged_specificity = [
-        row["specificity_flagged"]
-        for row in evidence.values()
-        if isinstance(row, dict) and "specificity_flagged" in row
-    ]
-    if not flagged_specificity:
-        return "warn", "no perturbed validation film fell outside the range"
-    mean = float(np.mean(flagged_specificity))
-    action: QualityAction = "refuse" if mean < clean_specificity - 0.2 else "warn"
+def quality_evidence(
+    reader: FeatureReader, val_grays: list[np.ndarray], labels: np.ndarray, limits: tuple[float, float, float]
+) -> dict[str, object]:
+    """The validation films perturbed for each rule (reduced contrast for the contrast rule, gamma and gray-level
+    shifts for the exposure rule): how many that rule flags, and the model's specificity and sensitivity at its
+    default operating point on the flagged and the unflagged ones."""
+    threshold = reader.metadata.operating_point().threshold
+    size = reader.metadata.input_size
+    rows: dict[str, object] = {}
+    for name, (rule, perturbation) in quality_perturbations().items():
+        perturbed = [perturbation(g, np.random.default_rng(0)) for g in val_grays]
+        probability, _ = reader.read(perturbed)
+        measured = np.array([exposure(to_model_input(g, size)[..., 0]) for g in perturbed])
+        if rule == "contrast":
+            flagged = measured[:, 0] < limits[0]
+        else:
+            flagged = (measured[:, 1] < limits[1]) | (measured[:, 1] > limits[2])
+        predicted = positive_mask(probability, threshold)
+        row: dict[str, float | int | str] = {"rule": rule, "flagged": round(float(flagged.mean()), 4)}
+        for part, mask in (("flagged", flagged), ("unflagged", ~flagged)):
+            normal, pneumonia = mask & (labels == 0), mask & (labels == 1)
+            if normal.any():
+                row[f"specificity_{part}"] = round(float(np.mean(~predicted[normal])), 4)
+            if pneumonia.any():
+                row[f"sensitivity_{part}"] = round(float(np.mean(predicted[pneumonia])), 4)
+        rows[name] = row
+    return rows
+
+
+def choose_quality_action(
+    evidence: dict[str, object],
+    clean_specificity: float,
+    clean_sensitivity: float = 1.0,
+    rule: Literal["contrast", "exposure"] = "contrast",
+) -> tuple[QualityAction, str]:
+    """For one rule: refuse when the films it flags are answered much worse than clean ones (specificity or
+    sensitivity down by more than WORSE_BY, averaged over that rule's perturbations that flag any), else warn.
+    Rows without a `rule` (evidence written before the exposure rule had its own) are the contrast rule's."""
+    rows = [r for r in evidence.values() if isinstance(r, dict) and r.get("rule", "contrast") == rule]
+    specificity = [r["specificity_flagged"] for r in rows if "specificity_flagged" in r]
+    sensitivity = [r["sensitivity_flagged"] for r in rows if "sensitivity_flagged" in r]
+    what = "reduced contrast" if rule == "contrast" else "gamma or gray levels changed"
+    if not specificity and not sensitivity:
+        return "warn", f"no validation film with {what} fell outside the {rule} range"
+    spec = float(np.mean(specificity)) if specificity else clean_specificity
+    sens = float(np.mean(sensitivity)) if sensitivity else clean_sensitivity
+    worse = spec < clean_specificity - WORSE_BY or sens < clean_sensitivity - WORSE_BY
+    action: QualityAction = "refuse" if worse else "warn"
     return action, (
-        f"validation films with reduced contrast that fall outside the range: specificity {mean:.2f} at the default "
-        f"operating point (clean validation {clean_specificity:.2f}); see results/population"
+        f"validation films with {what} that fall outside the {rule} range: specificity {spec:.2f}, sensitivity "
+        f"{sens:.2f} at the default operating point (clean validation {clean_specificity:.2f}, "
+        f"{clean_sensitivity:.2f}); see results/population"
     )
+
+
+def quality_actions(evidence: dict[str, object], metadata: BundleMetadata) -> dict[str, str]:
+    """Each rule's action and its evidence in words (ImageQualitySpec's fields), against clean validation."""
+    clean = metadata.validation.metrics
+    specificity, sensitivity = clean["specificity"].value, clean["sensitivity"].value
+    action, why = choose_quality_action(evidence, specificity, sensitivity, "contrast")
+    exposure_action, exposure_why = choose_quality_action(evidence, specificity, sensitivity, "exposure")
+    return {"action": action, "evidence": why, "exposure_action": exposure_action, "exposure_evidence": exposure_why}
+
+
+def refit_quality_actions(bundle_dir: Path, val: list) -> tuple[ImageQualitySpec, dict[str, object]]:
+    """For a schema-3 bundle: the quality rules' evidence re-measured on the validation films through the bundle's
+    ONNX model, at the range the bundle already records (its training films' quantiles), and each rule's action
+    chosen from it. Returns the new spec and the evidence."""
+    reader = FeatureReader(bundle_dir)
+    spec = reader.metadata.image_quality
+    if spec is None:
+        raise PopulationCheckError(f"{bundle_dir}: no image-quality range (schema < 3); run population-check")
+    limits = (spec.min_dynamic_range, spec.min_mean, spec.max_mean)
+    val_grays = load_grays([s.path for s in val])
+    quality = quality_evidence(reader, val_grays, np.array([s.label for s in val]), limits)
+    updated = spec.model_copy(update=quality_actions(quality, reader.metadata))
+    return ImageQualitySpec.model_validate(updated.model_dump()), quality
+
+
+def update_quality_evidence(evidence_dir: Path, quality: dict[str, object]) -> None:
+    """Replace the `quality` entry of an evidence folder's population.json and re-render its README; the
+    population check's own numbers stay as they were measured."""
+    evidence = json.loads((Path(evidence_dir) / "population.json").read_text())
+    write_evidence(Path(evidence_dir), evidence | {"quality": quality})
 
 
 def fit_population_check(
@@ -339,13 +422,11 @@ def fit_population_check(
     )
     limits = quality_limits(train_grays, reader.metadata.input_size)
     quality = quality_evidence(reader, val_grays, features.val_labels, limits)
-    clean = reader.metadata.validation.metrics["specificity"].value
-    action, why = choose_quality_action(quality, clean)
     evidence["quality"] = quality
     quality_spec = ImageQualitySpec(
         min_dynamic_range=limits[0], min_mean=limits[1], max_mean=limits[2],
         measured_on=f"{len(train)} training films' model inputs, {QUALITY_QUANTILE:.1%}-{1 - QUALITY_QUANTILE:.1%} "
-        "quantiles", action=action, evidence=why,
+        "quantiles", **quality_actions(quality, reader.metadata),
     )  # fmt: skip
     evidence["external_test"] = external_test(features, reader, evidence)
     return spec, quality_spec, evidence
@@ -401,7 +482,11 @@ def _cell(value: object) -> str:
 
 
 def evidence_markdown(evidence: dict) -> str:
-    held_out = "\n".join(f"| {name} | {share:.1%} |" for name, share in evidence["held_out"].items())
+    degraded = evidence.get("held_out_degraded", {})  # absent from evidence written before it was measured
+    held_out = "\n".join(
+        f"| {name} | {share:.1%} | {f'{degraded[name]:.1%}' if name in degraded else 'not measured'} |"
+        for name, share in evidence["held_out"].items()
+    )
     ages = "\n".join(
         f"| {band} | {row['films']} | {row['flagged']:.1%} |" for band, row in evidence["nih_age_curve"].items()
     )
@@ -412,8 +497,9 @@ def evidence_markdown(evidence: dict) -> str:
             rows.append(f"| {when} | {band} | {row['films']} | {_cell(row.get('roc_auc'))} | "
                         f"{_cell(row.get('sensitivity'))} | {_cell(row.get('specificity'))} |")  # fmt: skip
     quality = "\n".join(
-        f"| {name} | {row['flagged']:.1%} | {_cell(row.get('specificity_flagged'))} | "
-        f"{_cell(row.get('specificity_unflagged'))} | {_cell(row.get('sensitivity_flagged'))} |"
+        f"| {name} | {row.get('rule', 'contrast')} | {row['flagged']:.1%} | {_cell(row.get('specificity_flagged'))} | "
+        f"{_cell(row.get('specificity_unflagged'))} | {_cell(row.get('sensitivity_flagged'))} | "
+        f"{_cell(row.get('sensitivity_unflagged'))} |"
         for name, row in evidence["quality"].items()
     )
     return f"""# Whose X-ray is it: the population check and the external test
@@ -424,10 +510,11 @@ Generated by `python -m training population-check --bundle models/default --spli
 
 ## Generalisation to an adult collection the check never saw
 Fitted on the training films against one adult collection (adults only, each film also degraded), then
-the share of the other collection's films flagged:
+the share of the other collection's films flagged, as they are and in a degraded copy (random resolution, JPEG
+quality, border, text and crop):
 
-| Held-out collection | Flagged |
-|---|---|
+| Held-out collection | Flagged | Flagged, degraded copies |
+|---|---|---|
 {held_out}
 
 Validation films accepted: {evidence["validation_acceptance"]:.1%} clean, {evidence["degraded_validation_acceptance"]:.1%}
@@ -450,11 +537,13 @@ What the model answers at its default operating point `{test["operating_point"]}
 The model is not for adults: its ranking of adult films is no better than chance, and nearly every normal
 adult would be called PNEUMONIA. Unseen pediatric sites are untested too (docs: a new site).
 
-## Image quality: validation films with reduced contrast
-Share of films outside the training films' range, and the model's specificity/sensitivity at the default
-point on the films flagged and not flagged (clean validation specificity: see the model card):
+## Image quality: validation films perturbed for each rule
+Reduced contrast for the contrast rule (5th-95th percentile spread), gamma and gray-level shifts for the exposure
+rule (mean gray level): the share of films that rule flags as outside the training films' range, and the model's
+specificity/sensitivity at the default point on the films flagged and not flagged (clean validation: see the model
+card). Each rule refuses or warns by its own rows (`choose_quality_action`).
 
-| Perturbation | Flagged | Specificity (flagged) | Specificity (not flagged) | Sensitivity (flagged) |
-|---|---|---|---|---|
+| Perturbation | Rule | Flagged | Specificity (flagged) | Specificity (not flagged) | Sensitivity (flagged) | Sensitivity (not flagged) |
+|---|---|---|---|---|---|---|
 {quality}
 """

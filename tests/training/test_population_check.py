@@ -125,3 +125,28 @@ def test_a_missing_collection_is_refused_and_nothing_is_written(upgraded, tiny_r
               "--population", str(root / "population.json")])  # fmt: skip
     assert code == 2 and "ieee8023" in capsys.readouterr().err
     assert not out.exists() and not out.with_name("never.partial").exists()
+
+
+def test_image_quality_rechooses_each_rule_without_touching_the_models(upgraded, tiny_run, tiny_dataset):
+    """`python -m training image-quality`: each rule (contrast, exposure) gets its own action from its own
+    validation evidence; the range, the rest of the metadata and every model file stay as they were."""
+    source, out = upgraded["bundle"], upgraded["root"] / "quality"
+    evidence = upgraded["root"] / "evidence"
+    code = main(["image-quality", "--bundle", str(source), "--split", str(tiny_run / "split.csv"),
+                 "--data", str(tiny_dataset), "--out", str(out), "--evidence", str(evidence)])  # fmt: skip
+    assert code == 0
+    before, after = read_metadata(source), read_metadata(out)
+    assert before.image_quality is not None and after.image_quality is not None
+    assert after.image_quality.exposure_action is not None and after.image_quality.exposure_evidence
+    assert (
+        "exposure range" in after.image_quality.exposure_evidence and "contrast range" in after.image_quality.evidence
+    )
+    keep = {"min_dynamic_range", "min_mean", "max_mean", "measured_on"}
+    assert after.image_quality.model_dump(include=keep) == before.image_quality.model_dump(include=keep)
+    assert after.model_dump(exclude={"image_quality"}) == before.model_dump(exclude={"image_quality"})
+    for path in source.iterdir():
+        if path.name not in (METADATA_FILENAME, "MODEL_CARD.md"):
+            assert sha256_file(out / path.name) == sha256_file(path), path.name
+    rules = {row["rule"] for row in json.loads((evidence / "population.json").read_text())["quality"].values()}
+    assert rules == {"contrast", "exposure"}
+    assert "| gamma 2 | exposure |" in (evidence / "README.md").read_text()
