@@ -16,6 +16,7 @@ from pneumonia.batch import COLUMNS
 from pneumonia.explain import colour_bar_width
 from pneumonia.imaging import decode_image
 from tests.media import dicom, gray_of, png
+from tests.support import SHIPPED_BUNDLE
 
 GOOD = ("a/normal.jpeg", "b/nested/deeper/pneumonia.png", "c/scan.dcm", "c/extensionless_dicom")
 BAD = {"corrupt.jpeg": "corrupt_image", "b/text_named.png": "unsupported_format", "empty.jpg": "empty_file"}
@@ -137,6 +138,27 @@ def test_under_refuse_a_refused_file_gets_its_code_and_no_answer(tmp_path, tiny_
     warned = score(folder, tmp_path / "warned.csv", tiny_bundle, "--input-check", "warn")["gradient.png"]
     assert warned["input_check_accepted"] == "false" and warned["label"] in ("NORMAL", "PNEUMONIA")
     assert warned["probability"] and warned["error_code"] == ""
+
+
+def test_under_refuse_a_film_outside_the_population_gets_its_code_and_no_answer(tmp_path, sample_images):
+    """The shipped bundle (the tiny one declares no population): a pediatric sample wrapped as DICOM with
+    PatientAge 045Y is refused as POST /predict refuses it, outside_population with no probability and no label;
+    the same film tagged 003Y is answered. Under warn the adult film gets both, not accepted."""
+    folder = tmp_path / "dicoms"
+    folder.mkdir()
+    stored = 500 + gray_of(sample_images["NORMAL"][0]).astype(np.int64) * 12
+    for name, age in (("adult.dcm", "045Y"), ("child.dcm", "003Y")):
+        data = dicom(stored, "MONOCHROME2", slope=1.0, intercept=0.0, center=2000.0, width=3200.0, PatientAge=age)
+        (folder / name).write_bytes(data)
+    rows = score(folder, tmp_path / "scores.csv", SHIPPED_BUNDLE, "--input-check", "refuse")
+    adult, child = rows["adult.dcm"], rows["child.dcm"]
+    assert adult["error_code"] == "outside_population" and "45 years" in adult["input_check_reasons"], adult
+    assert adult["input_check_accepted"] == "false"
+    assert adult["probability"] == adult["label"] == adult["threshold"] == ""
+    assert child["error_code"] == "" and child["label"] in ("NORMAL", "PNEUMONIA") and child["probability"], child
+    warned = score(folder, tmp_path / "warned.csv", SHIPPED_BUNDLE, "--input-check", "warn")["adult.dcm"]
+    assert warned["input_check_accepted"] == "false" and warned["error_code"] == ""
+    assert warned["label"] in ("NORMAL", "PNEUMONIA") and warned["probability"]
 
 
 def test_overlays_one_png_per_decodable_image(archive, tmp_path, tiny_bundle):

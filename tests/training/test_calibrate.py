@@ -4,6 +4,7 @@ statistics behind it (training/recalibrate.py) on sites whose scores are shifted
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -112,6 +113,24 @@ def test_the_metadata_records_the_calibration(tiny_bundle, site, calibrated):
     assert record.images_sha256 in card and "Site sensitivity" in card
 
 
+def test_intervals_wider_than_a_tenth_are_warned_about(calibrated):
+    """12 images per class cannot pin a sensitivity or specificity to within +-0.10: every such interval, in-sample
+    and cross-validated, is named in the record's warnings (and nothing narrower is)."""
+    record = read_metadata(calibrated).site_calibration
+    assert record is not None
+    expected = {
+        f"{name}: {metric} ({kind})"
+        for kind, table in (("after, in-sample", record.after), ("cross-validated", record.cross_validated))
+        for name, metrics in table.items()
+        for metric in ("sensitivity", "specificity")
+        if metrics[metric].ci_low is None or (metrics[metric].ci_high - metrics[metric].ci_low) / 2 > 0.10
+    }
+    assert expected, "at 12 images per class some interval is wider than +-0.10"
+    warned = {f"{m[1]}: {m[2]} ({m[3]})" for w in record.warnings if (m := re.match(r"(\S+): (\w+) .*\((.+)\) is", w))}
+    assert warned == expected
+    assert all("is wider than ±0.10" in w for w in record.warnings)
+
+
 def test_the_served_bundle_uses_the_new_points(calibrated, site):
     """Loaded as the service loads it, the new bundle labels the site's images at its new thresholds, and the
     served probability is the fitted calibration of the source's logit."""
@@ -214,21 +233,61 @@ def _gray(path: Path):
     return Image.open(path).convert("L")
 
 
-def test_a_site_whose_scores_are_shifted_is_corrected(offset, tmp_path):
+@pytest.mark.parametrize(
+    ("method", "min_sensitivity"), [((), 0.75), (("--method", "empirical"), 0.95)], ids=["default-shrunk", "empirical"]
+)
+def test_a_site_whose_scores_are_shifted_is_corrected(offset, tmp_path, method, min_sensitivity):
+    """By the default method (`shrunk`, no --method given) and by the bare empirical re-pick, from sensitivity 0.
+
+    The bare re-pick keeps >= 95% of the sample's pneumonia by construction (it is judged on its own sample). The
+    default shrinks the sample's 5th-percentile estimate towards validation's threshold moved by the site's logit
+    shift, with weight n/(n+20): at 12 images per class (below the default --min-per-class 20) 12/32 of the way,
+    so it recovers most but not all of the sensitivity here (measured 10 of 12)."""
     bundle, site = offset
     source = Model.load(bundle, explain=False)
     before = [source.predict(p) for p in sorted(site.rglob("*.jpeg"))]
     assert all(p.label == "NORMAL" for p in before), "the offset puts every image below every threshold"
     out = tmp_path / "corrected"
-    assert calibrate(bundle, site, out, "--min-per-class", "10", "--method", "empirical", "--gallery", "0") == 0
+    assert calibrate(bundle, site, out, "--min-per-class", "10", *method, "--gallery", "0") == 0
     record = read_metadata(out).site_calibration
+    assert record.method.startswith(method[1] if method else "shrunk")
     assert record.before["sensitivity_95"]["sensitivity"].value == 0.0
     model = Model.load(out, explain=False)
     labels = {p: model.predict(p).label for p in sorted(site.rglob("*.jpeg"))}
     positives = [label for p, label in labels.items() if p.parent.name == "PNEUMONIA"]
     negatives = [label for p, label in labels.items() if p.parent.name == "NORMAL"]
-    assert sum(label == "PNEUMONIA" for label in positives) / len(positives) >= 0.95
+    assert sum(label == "PNEUMONIA" for label in positives) / len(positives) >= min_sensitivity
     assert sum(label == "NORMAL" for label in negatives) / len(negatives) >= 0.9
+
+
+def test_adapt_then_calibrate_composes(offset, tmp_path):
+    """The documented new-site order (docs/new-site.md): adapt on unlabeled films, then calibrate the adapted
+    bundle on labelled ones. The result keeps the adaptation's record and adds the calibration's, which names the
+    adapted bundle as its source; the adapted bundle is not touched.
+
+    The shipped bundle, without its fitted input check, and the offset fixture's 24 films (variants of the six
+    committed samples, all accepted by the shipped check). With the check kept, adapt keeps it as it was fitted on
+    the un-adapted model's statistics, and after adapting on these 24 films it refuses all 24 (out-of-distribution
+    scores 2.0-2.6 against 1.43; the tiny bundle's, millions), which leaves calibrate nothing to work on: a limit of
+    adapting on a small, uniform sample, measured here and reported, not tested."""
+    _, site = offset
+    source = shutil.copytree(SHIPPED_BUNDLE, tmp_path / "source")
+    metadata = json.loads((source / METADATA_FILENAME).read_text())
+    metadata["input_check"] = None  # served as a bundle without a fitted check: only the cheap pixel checks run
+    (source / METADATA_FILENAME).write_text(json.dumps(metadata))
+    adapted = tmp_path / "adapted"
+    assert main(["adapt", "--bundle", str(source), "--images", str(site), "--out", str(adapted),
+                 "--min-images", "10"]) == 0  # fmt: skip
+    before = {p.name: sha256_file(p) for p in adapted.iterdir() if p.is_file()}
+    out = tmp_path / "adapted-site"
+    assert calibrate(adapted, site, out, "--min-per-class", "5", "--gallery", "0") == 0
+    assert {p.name: sha256_file(p) for p in adapted.iterdir() if p.is_file()} == before
+    source, result = read_metadata(adapted), read_metadata(out)
+    assert source.adaptation is not None and source.site_calibration is None
+    assert result.adaptation == source.adaptation
+    record = result.site_calibration
+    assert record is not None and record.source_version == source.version
+    assert record.n_normal + record.n_pneumonia + record.refused == 24
 
 
 # --- refusals -----------------------------------------------------------------------------------------------------
