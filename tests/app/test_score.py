@@ -59,7 +59,7 @@ def score(archive: Path, out: Path, bundle: Path, *extra: str) -> dict[str, dict
 def read(out: Path) -> dict[str, dict[str, str]]:
     with out.open(newline="") as handle:
         reader = csv.DictReader(handle)
-        assert tuple(reader.fieldnames) == COLUMNS
+        assert tuple(reader.fieldnames or ()) == COLUMNS
         rows = list(reader)
     paths = [r["path"] for r in rows]
     assert len(paths) == len(set(paths)), "a file was scored twice"

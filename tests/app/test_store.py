@@ -7,6 +7,7 @@ import json
 import logging
 import struct
 import time
+from typing import Any
 
 import numpy as np
 import pytest
@@ -124,7 +125,7 @@ def test_redis_store_skips_entries_over_the_cap_and_unknown_ids(redis_server):
     assert asyncio.run(unknown()) is None
 
 
-DIGEST = {"image_sha256": "ab" * 32, "image_bytes": 12345}
+DIGEST: dict[str, Any] = {"image_sha256": "ab" * 32, "image_bytes": 12345}
 
 
 def test_both_stores_keep_the_uploads_digest_and_size_for_the_audit_trail(redis_server):

@@ -54,7 +54,9 @@ def dockerfile_instructions(name: str) -> list[str]:
 
 
 def to_bytes(quantity: str) -> int:
-    number, unit = re.fullmatch(r"(\d+)([KMG]i)?", quantity).groups()
+    match = re.fullmatch(r"(\d+)([KMG]i)?", quantity)
+    assert match, f"not a Kubernetes quantity: {quantity}"
+    number, unit = match.groups()
     return int(number) * UNITS.get(unit, 1)
 
 
@@ -97,7 +99,9 @@ def test_probes_hit_real_health_routes_on_the_served_port(manifests):
 def test_container_port_matches_the_dockerfile(manifests):
     container = api_container(manifests)
     exposed = {int(p.split("/")[0]) for line in dockerfile_instructions("EXPOSE") for p in line.split()}
-    env_port = re.search(r"^\s*(?:ENV\s+)?UVICORN_PORT=(\d+)", DOCKERFILE.read_text(), re.MULTILINE).group(1)
+    port_line = re.search(r"^\s*(?:ENV\s+)?UVICORN_PORT=(\d+)", DOCKERFILE.read_text(), re.MULTILINE)
+    assert port_line, "the Dockerfile sets no UVICORN_PORT"
+    env_port = port_line.group(1)
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert {p["containerPort"] for p in container["ports"]} == exposed == {int(env_port)} == {int(env["UVICORN_PORT"])}
 

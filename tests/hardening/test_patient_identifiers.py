@@ -68,10 +68,10 @@ INVALID_AGE = _tag("QXAGE", 10)
 
 def sentinel_dicom(*, pixels: np.ndarray | None, invalid: bool = False, rows: int | None = None) -> bytes:
     from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    from pydicom.uid import DigitalXRayImageStorageForPresentation, ExplicitVRLittleEndian, generate_uid
 
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage
+    meta.MediaStorageSOPClassUID = DigitalXRayImageStorageForPresentation
     meta.MediaStorageSOPInstanceUID = generate_uid()
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = Dataset()
@@ -171,22 +171,22 @@ def exchanges(base_url: str) -> tuple[list[httpx.Response], list[httpx.Response]
 def redis_contents(redis_url: str, dump_dir) -> tuple[bytes, int]:
     """Every key and value in Redis, read back as bytes, plus an uncompressed dump; and how many predictions."""
     client = redis.Redis.from_url(redis_url)
-    seen = []
+    seen: list[bytes] = []
     predictions = 0
-    for key in client.scan_iter(count=1000):
+    for key in map(as_bytes, client.scan_iter(count=1000)):
         seen.append(key)
-        kind = client.type(key).decode()
+        kind = as_bytes(client.type(key)).decode()
         if kind == "string":
-            seen.append(client.get(key) or b"")
+            seen.append(as_bytes(client.get(key) or b""))
             predictions += key.startswith(b"pneumonia:prediction:")
         elif kind == "list":
-            seen.extend(client.lrange(key, 0, -1))
+            seen.extend(map(as_bytes, client.lrange(key, 0, -1)))
         elif kind == "hash":
-            seen.extend(b"%s=%s" % pair for pair in client.hgetall(key).items())
+            seen.extend(as_bytes(field) + b"=" + as_bytes(value) for field, value in client.hgetall(key).items())
         elif kind == "zset":
-            seen.extend(member for member, _ in client.zrange(key, 0, -1, withscores=True))
+            seen.extend(as_bytes(member) for member in client.zrange(key, 0, -1))
         elif kind == "set":
-            seen.extend(client.smembers(key))
+            seen.extend(map(as_bytes, client.smembers(key)))
     client.config_set("rdbcompression", "no")
     client.save()
     dump = (dump_dir / "dump.rdb").read_bytes()
@@ -240,3 +240,9 @@ def test_dicom_identifiers_reach_no_log_audit_store_metric_or_response(hospital,
         assert all(ln["key_id"] == "pacs-worker" for ln in answered)
     assert {ln["code"] for ln in lines} >= {None, "unauthorized", "invalid_request"}
     assert TOKEN.encode() not in audit_text and TOKEN not in log
+
+
+def as_bytes(value: object) -> bytes:
+    """A Redis reply as bytes (the client here decodes nothing; redis-py's reply types are wider)."""
+    assert isinstance(value, bytes | str), f"unexpected Redis reply {value!r}"
+    return value if isinstance(value, bytes) else value.encode()

@@ -61,11 +61,11 @@ def dicom_bytes(path) -> bytes:
     """A sample X-ray as a DICOM file (8-bit MONOCHROME2), as a PACS would send it."""
     from PIL import Image
     from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    from pydicom.uid import DigitalXRayImageStorageForPresentation, ExplicitVRLittleEndian, generate_uid
 
     pixels = np.asarray(Image.open(path).convert("L"), dtype=np.uint8)
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage
+    meta.MediaStorageSOPClassUID = DigitalXRayImageStorageForPresentation
     meta.MediaStorageSOPInstanceUID = generate_uid()
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = Dataset()
@@ -169,7 +169,10 @@ def test_forty_quick_requests_hit_the_limit_with_retry_after_per_key(setup, samp
     assert other.status_code == 200  # another key is not affected
     limited = [ln for ln in audit_lines(audit) if ln["key_id"] == "burst" and ln["code"] == "rate_limited"]
     assert len(limited) == RATE and all(ln["status"] == 429 for ln in limited)
-    stored = [key.decode() for key in redis.Redis.from_url(redis_server.url).keys("pneumonia:ratelimit*")]
+    stored = [
+        key.decode() if isinstance(key, bytes) else key
+        for key in redis.Redis.from_url(redis_server.url).keys("pneumonia:ratelimit*")
+    ]
     assert stored and not any("burst" in key for key in stored)  # counted in the shared Redis, by digest
 
 
@@ -214,7 +217,7 @@ def start_uvicorn(*args: str, before_model: bool = True, **env: str) -> tuple[in
 @pytest.mark.parametrize("how", ["--host", "UVICORN_HOST"])
 def test_start_up_refuses_a_public_address_without_keys(how, tmp_path):
     args, env = (("--host", "0.0.0.0"), {}) if how == "--host" else ((), {"UVICORN_HOST": "0.0.0.0"})
-    code, output = start_uvicorn(*args, **env, PNEUMONIA_MODEL_DIR=str(tmp_path))
+    code, output = start_uvicorn(*args, before_model=True, **env, PNEUMONIA_MODEL_DIR=str(tmp_path))
     assert code != 0
     (line,) = [ln for ln in output.splitlines() if "refusing to start" in ln]
     assert "0.0.0.0" in line and "PNEUMONIA_API_KEYS_FILE" in line and "PNEUMONIA_ALLOW_ANONYMOUS=true" in line

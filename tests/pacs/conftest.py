@@ -3,6 +3,7 @@ X-rays, and it explains), and a real Orthanc per module (tests/pacs/orthanc.py).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,7 @@ def shipped_model() -> Model:
 
 
 @pytest.fixture(scope="module")
-def orthanc(tmp_path_factory) -> Orthanc:
+def orthanc(tmp_path_factory) -> Iterator[Orthanc]:
     server = start_orthanc(tmp_path_factory.mktemp("orthanc"))
     yield server
     server.stop()

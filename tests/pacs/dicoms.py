@@ -6,12 +6,14 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
+import highdicom as hd
 import numpy as np
 from PIL import Image
 from pydicom import Dataset
 from pydicom.dataset import FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.uid import (
+    UID,
     ComputedRadiographyImageStorage,
     CTImageStorage,
     ExplicitVRLittleEndian,
@@ -23,7 +25,7 @@ from pydicom.uid import (
 def _base(sop_class: str, modality: str, pixels: np.ndarray, *, study_uid: str, patient_id: str,
           accession: str, study_date: str) -> Dataset:  # fmt: skip
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop_class
+    meta.MediaStorageSOPClassUID = UID(sop_class)
     meta.MediaStorageSOPInstanceUID = generate_uid()
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = Dataset()
@@ -103,3 +105,18 @@ def to_bytes(ds: Dataset) -> bytes:
     buffer = io.BytesIO()
     ds.save_as(buffer, enforce_file_format=True)
     return buffer.getvalue()
+
+
+def measurement_group(
+    report: hd.sr.Comprehensive3DSR | hd.sr.ComprehensiveSR | hd.sr.EnhancedSR,
+) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    """The report's first image measurement group (every SR the service writes has exactly one). highdicom's
+    `content` is typed as a plain ContentSequence; at run time it is the MeasurementReport that has the method."""
+    content: hd.sr.MeasurementReport = report.content  # type: ignore[assignment]
+    return content.get_image_measurement_groups()[0]
+
+
+def evaluation_meanings(group: hd.sr.MeasurementsAndQualitativeEvaluations) -> dict[str, str]:
+    """The group's qualitative evaluations, concept name -> coded value's meaning. (highdicom types a
+    QualitativeEvaluation's `value` as a number; it is the CodedConcept the evaluation holds.)"""
+    return {e.name.meaning: e.value.meaning for e in group.get_qualitative_evaluations()}  # type: ignore[union-attr]

@@ -22,7 +22,7 @@ from pneumonia.bundle import RESEARCH_DISCLAIMER
 from pneumonia.dicom.sc import banner_height
 from pneumonia.explain import colour_bar_width
 from tests.pacs.conftest import SHIPPED
-from tests.pacs.dicoms import chest_cr, head_ct, not_a_chest_cr, to_bytes
+from tests.pacs.dicoms import chest_cr, evaluation_meanings, head_ct, measurement_group, not_a_chest_cr, to_bytes
 from tests.support import REPO_ROOT, run_coroutine
 
 SAMPLE = REPO_ROOT / "tests" / "data" / "samples" / "PNEUMONIA" / "person1246_bacteria_3202.jpeg"
@@ -61,11 +61,11 @@ def test_predict_answers_a_dicom_upload_with_an_sr_in_its_study(app, source):
     report = hd.sr.srread(io.BytesIO(response.content))
     assert isinstance(report, hd.sr.Comprehensive3DSR)
     assert report.StudyInstanceUID == source.StudyInstanceUID and report.SeriesInstanceUID != source.SeriesInstanceUID
-    group = report.content.get_image_measurement_groups()[0]
+    group = measurement_group(report)
     assert group.source_images[0].referenced_sop_instance_uid == source.SOPInstanceUID
     measurements = {m.name.meaning: m.value for m in group.get_measurements()}
     assert measurements["Probability of pneumonia"] == pytest.approx(expected["probability"], abs=1e-6)
-    labels = {e.name.meaning: e.value.meaning for e in group.get_qualitative_evaluations()}
+    labels = evaluation_meanings(group)
     assert labels["Screening label at the operating point"] == expected["label"]
     # the same image and model give the same SR UID: storing it twice adds nothing
     again = hd.sr.srread(io.BytesIO(post(app, "/predict", data, format="dicom-sr").content))
@@ -111,8 +111,8 @@ def test_under_warn_a_refused_image_gets_an_sr_with_the_verdict_and_reasons(app)
     response = post(app, "/predict", to_bytes(not_a_chest_cr()), format="dicom-sr", input_check="warn")
     assert response.status_code == 200 and response.headers["x-input-accepted"] == "false"
     report = hd.sr.srread(io.BytesIO(response.content))
-    group = report.content.get_image_measurement_groups()[0]
-    evaluations = {e.name.meaning: e.value.meaning for e in group.get_qualitative_evaluations()}
+    group = measurement_group(report)
+    evaluations = evaluation_meanings(group)
     assert evaluations["Input check verdict"] == "Refused"
     reasons = [
         item.TextValue

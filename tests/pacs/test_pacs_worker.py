@@ -16,6 +16,7 @@ import re
 import shutil
 import subprocess
 import sys
+from typing import Any
 
 import highdicom as hd
 import httpx
@@ -34,10 +35,18 @@ from app.service import ModelService
 from pneumonia.bundle import RESEARCH_DISCLAIMER
 from pneumonia.dicom import RESEARCH_BANNER, SC_SERIES_DESCRIPTION, SR_SERIES_DESCRIPTION
 from pneumonia.dicom.sc import banner_height
-from pneumonia.dicom.worker import Query, Worker
+from pneumonia.dicom.worker import Outcome, Query, Worker
 from pneumonia.explain import colour_bar_width
 from tests.pacs.conftest import SHIPPED
-from tests.pacs.dicoms import chest_cr, chest_cr_jpeg, head_ct, not_a_chest_cr, to_bytes
+from tests.pacs.dicoms import (
+    chest_cr,
+    chest_cr_jpeg,
+    evaluation_meanings,
+    head_ct,
+    measurement_group,
+    not_a_chest_cr,
+    to_bytes,
+)
 from tests.pacs.orthanc import USER
 from tests.support import REPO_ROOT, free_port, run_coroutine
 
@@ -127,7 +136,7 @@ def report_about(orthanc, source: pydicom.Dataset) -> hd.sr.Comprehensive3DSR:
     matches = []
     for dataset in results_in(orthanc, source.StudyInstanceUID, SR_MODALITY):
         report = hd.sr.Comprehensive3DSR.from_dataset(dataset)
-        group = report.content.get_image_measurement_groups()[0]
+        group = measurement_group(report)
         if group.source_images[0].referenced_sop_instance_uid == source.SOPInstanceUID:
             matches.append(report)
     assert len(matches) == 1, f"{len(matches)} SRs reference {source.SOPInstanceUID}"
@@ -177,12 +186,12 @@ def test_the_sr_references_the_scored_instance_and_carries_predicts_probability(
         source = uploaded[name]
         report = report_about(orthanc, source)
         expected = predict_json(shipped_model, to_bytes(source))
-        group = report.content.get_image_measurement_groups()[0]
+        group = measurement_group(report)
         assert group.source_images[0].referenced_sop_class_uid == source.SOPClassUID
         measurements = {m.name.meaning: m.value for m in group.get_measurements()}
         assert measurements["Probability of pneumonia"] == pytest.approx(expected["probability"], abs=1e-3)
         assert measurements["Decision threshold"] == pytest.approx(expected["threshold"], abs=1e-9)
-        evaluations = {e.name.meaning: e.value.meaning for e in group.get_qualitative_evaluations()}
+        evaluations = evaluation_meanings(group)
         assert evaluations["Screening label at the operating point"] == expected["label"]
         assert evaluations["Input check verdict"] == "Accepted"
         # placed in the source's study, as a research result, with only what placing it needs
@@ -231,9 +240,9 @@ def test_the_secondary_capture_has_pixels_and_the_banner_burned_in(first_pass, o
 def test_a_refused_image_gets_a_not_analysed_sr_with_the_reasons_and_no_label(first_pass, orthanc, uploaded):
     source = uploaded["not_xray"]
     report = report_about(orthanc, source)
-    group = report.content.get_image_measurement_groups()[0]
+    group = measurement_group(report)
     assert group.get_measurements() == []
-    evaluations = {e.name.meaning: e.value.meaning for e in group.get_qualitative_evaluations()}
+    evaluations = evaluation_meanings(group)
     assert evaluations == {"Input check verdict": "Refused"}
     found = texts(report)
     assert found["Analysis status"][0].startswith("not analysed")
@@ -295,12 +304,21 @@ class FlakyClient(DICOMwebClient):
 
     failing: str = ""
 
-    def retrieve_instance(self, study_instance_uid, series_instance_uid, sop_instance_uid, **kwargs):
+    def retrieve_instance(
+        self,
+        study_instance_uid: str,
+        series_instance_uid: str,
+        sop_instance_uid: str,
+        media_types: tuple[str | tuple[str, str], ...] | None = None,
+        additional_params: dict[str, Any] | None = None,
+    ) -> pydicom.Dataset:
         if sop_instance_uid == self.failing:
             response = requests.Response()
             response.status_code, response.reason = 500, "Internal Server Error"
             raise requests.HTTPError("500 Server Error", response=response)
-        return super().retrieve_instance(study_instance_uid, series_instance_uid, sop_instance_uid, **kwargs)
+        return super().retrieve_instance(
+            study_instance_uid, series_instance_uid, sop_instance_uid, media_types, additional_params
+        )
 
 
 def test_a_failing_instance_is_reported_the_pass_goes_on_and_the_next_pass_scores_it(
@@ -314,7 +332,7 @@ def test_a_failing_instance_is_reported_the_pass_goes_on_and_the_next_pass_score
     client.store_instances([first, second])
     flaky = FlakyClient(orthanc.dicomweb, session=create_session_from_user_pass(USER, orthanc.password))
     flaky.failing = first.SOPInstanceUID
-    outcomes = []
+    outcomes: list[Outcome] = []
     worker = Worker(flaky, shipped_model.metadata, lambda: shipped_model, on_outcome=outcomes.append)
     summary = worker.run_once(Query(accession="ACC-PACS-E"))
     assert (summary.found, summary.stored, summary.failed, summary.failures) == (2, 1, 1, [first.SOPInstanceUID])

@@ -103,8 +103,9 @@ def test_the_metadata_records_the_calibration(tiny_bundle, site, calibrated):
             for metric in ("sensitivity", "specificity", "ppv", "npv"):
                 e = metrics[metric]
                 if e.value == e.value:  # nan when no image of that kind
-                    assert e.ci_low <= e.value <= e.ci_high
-    assert record.roc_auc.ci_low <= record.roc_auc.value <= record.roc_auc.ci_high
+                    assert e.ci_low is not None and e.ci_high is not None and e.ci_low <= e.value <= e.ci_high
+    auc = record.roc_auc
+    assert auc.ci_low is not None and auc.ci_high is not None and auc.ci_low <= auc.value <= auc.ci_high
     # the validation metrics and calibration stay those of the source; names and default are kept
     assert result.calibration == source.calibration and result.validation == source.validation
     assert result.default_operating_point == source.default_operating_point and result.name.endswith("-site")
@@ -118,12 +119,15 @@ def test_intervals_wider_than_a_tenth_are_warned_about(calibrated):
     and cross-validated, is named in the record's warnings (and nothing narrower is)."""
     record = read_metadata(calibrated).site_calibration
     assert record is not None
+    assert record is not None
     expected = {
         f"{name}: {metric} ({kind})"
         for kind, table in (("after, in-sample", record.after), ("cross-validated", record.cross_validated))
         for name, metrics in table.items()
         for metric in ("sensitivity", "specificity")
-        if metrics[metric].ci_low is None or (metrics[metric].ci_high - metrics[metric].ci_low) / 2 > 0.10
+        if (low := metrics[metric].ci_low) is None
+        or (high := metrics[metric].ci_high) is None
+        or (high - low) / 2 > 0.10
     }
     assert expected, "at 12 images per class some interval is wider than +-0.10"
     warned = {f"{m[1]}: {m[2]} ({m[3]})" for w in record.warnings if (m := re.match(r"(\S+): (\w+) .*\((.+)\) is", w))}
@@ -137,6 +141,7 @@ def test_the_served_bundle_uses_the_new_points(calibrated, site):
     model = Model.load(calibrated, explain=False)
     metadata = model.metadata
     record = metadata.site_calibration
+    assert record is not None
     default = metadata.operating_point()
     hits = {"tp": 0, "fn": 0, "tn": 0, "fp": 0}
     for path in sorted(site.rglob("*.jpeg")):
@@ -154,6 +159,7 @@ def test_the_served_bundle_uses_the_new_points(calibrated, site):
 def test_the_source_logit_maps_through_the_recorded_calibration(tiny_bundle, calibrated, site):
     source, target = Model.load(tiny_bundle, explain=False), Model.load(calibrated, explain=False)
     record = target.metadata.site_calibration
+    assert record is not None
     for path in sorted(site.rglob("*.jpeg"))[:6]:
         z = logit(source.predict(path).probability)
         expected = 1 / (1 + np.exp(-(record.scale * z + record.bias)))
@@ -174,10 +180,11 @@ def test_get_model_and_the_page_say_where_the_thresholds_come_from(calibrated):
             return await client.get("/model")
 
     body = run_coroutine(get()).json()
+    stored = read_metadata(calibrated).site_calibration
+    assert stored is not None
+    calibration_digest = stored.images_sha256
     record = body["site_calibration"]
-    assert (
-        record["n_normal"] == 12 and record["images_sha256"] == read_metadata(calibrated).site_calibration.images_sha256
-    )
+    assert record["n_normal"] == 12 and record["images_sha256"] == calibration_digest
     assert [p["threshold"] for p in body["operating_points"]] == [
         p.threshold for p in read_metadata(calibrated).operating_points
     ]
@@ -250,6 +257,7 @@ def test_a_site_whose_scores_are_shifted_is_corrected(offset, tmp_path, method, 
     out = tmp_path / "corrected"
     assert calibrate(bundle, site, out, "--min-per-class", "10", *method, "--gallery", "0") == 0
     record = read_metadata(out).site_calibration
+    assert record is not None
     assert record.method.startswith(method[1] if method else "shrunk")
     assert record.before["sensitivity_95"]["sensitivity"].value == 0.0
     model = Model.load(out, explain=False)

@@ -97,6 +97,7 @@ def test_the_upgraded_bundle_serves_and_scores_the_population(upgraded, sample_i
     model = Model.load(upgraded["bundle"], explain=False)
     prediction = model.predict(sample_images["NORMAL"][0], policy="warn")
     assert prediction.input_check.population in ("inside", "outside")
+    assert model.metadata.population_check is not None
     assert prediction.input_check.population_threshold == model.metadata.population_check.threshold
 
 
