@@ -61,7 +61,8 @@ async def get_input_check_policy(
         Literal[POLICIES] | None,  # type: ignore[valid-type]
         Query(
             description="Input check policy for this request (default: PNEUMONIA_INPUT_CHECK, normally refuse): "
-            "refuse answers 422 not_a_chest_xray for an image that is not a frontal chest X-ray; warn answers "
+            "refuse answers 422 with the refusal's code (not_a_chest_xray, outside_population or "
+            "poor_image_quality) and its reasons; warn answers "
             "with accepted=false and the reasons in warnings; off skips the check"
         ),
     ] = None,
