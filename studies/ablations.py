@@ -146,20 +146,31 @@ def seed_spread(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
 
 
 def verdict(rows: list[dict[str, Any]], spread: dict[str, Any] | None) -> str:
-    """Which arm leads on validation ROC-AUC and on the stress minimum, and whether by more than the spread."""
+    """Which arm leads on validation ROC-AUC and on the stress minimum, and whether by more than the spread;
+    with three arms or more, also how far the last one trails the leader (a lead over the runner-up alone would
+    hide an arm that falls behind both others)."""
     if len(rows) < 2:
         return "Fewer than two arms published: no comparison yet."
+
+    def judged(difference: float, key: str) -> str:
+        if spread is None:
+            return "no seed spread published yet to judge it against"
+        if round(difference, 4) > spread[key]:  # as shown: 0.997 - 0.996 is 0.0010000000000001 in floats
+            return f"beyond the seed spread ({spread[key]:.4f})"
+        return f"within the seed spread ({spread[key]:.4f}): no evidence of a difference"
+
     parts = []
     for key, name in (("roc_auc", "validation ROC-AUC"), ("stress_min_auc", "stress-minimum AUC")):
         ranked = sorted(rows, key=lambda row: row[key], reverse=True)
-        lead = ranked[0][key] - ranked[1][key]
-        if spread is None:
-            judged = "no seed spread published yet to judge it against"
-        elif lead > spread[key]:
-            judged = f"beyond the seed spread ({spread[key]:.4f})"
+        first, second, last = ranked[0], ranked[1], ranked[-1]
+        lead = first[key] - second[key]
+        if round(lead, 4) > 0:
+            parts.append(f"{first['label']} leads on {name} by {lead:.4f}, {judged(lead, key)}")
         else:
-            judged = f"within the seed spread ({spread[key]:.4f}): no evidence of a difference"
-        parts.append(f"{ranked[0]['label']} leads on {name} by {lead:.4f}, {judged}")
+            parts.append(f"{first['label']} and {second['label']} tie on {name}")
+        if len(ranked) > 2:
+            trail = first[key] - last[key]
+            parts.append(f"{last['label']} trails {first['label']} on {name} by {trail:.4f}, {judged(trail, key)}")
     return "; ".join(parts) + "."
 
 

@@ -104,3 +104,20 @@ def test_without_two_seeds_nothing_is_called_a_difference(tmp_path):
 def test_a_missing_results_directory_is_a_clear_error(tmp_path, capsys):
     assert main(["--results", str(tmp_path / "nowhere"), "--out", str(tmp_path / "out")]) == 2
     assert "is not a directory of published runs" in capsys.readouterr().err
+
+
+def test_an_arm_that_trails_both_others_is_named_and_a_tie_is_called_a_tie(tmp_path):
+    """The augmentation question as it stood: light and none tie on validation, but none falls far behind on the
+    stress check. Comparing the leader with the runner-up alone would have hidden that."""
+    results = tmp_path / "results"
+    publish(results, "final192", "mobilenetv2", 0.996, 0.9901)
+    publish(results, "ablation_seed43", "mobilenetv2", 0.995, 0.9895)  # spread: AUC 0.001, stress 0.0006
+    publish(results, "candidates/light_aug", "mobilenetv2", 0.997, 0.9902)
+    publish(results, "ablation_no_aug", "mobilenetv2", 0.997, 0.9748)
+
+    assert main(["--results", str(results), "--out", str(tmp_path / "out")]) == 0
+    verdict = json.loads((tmp_path / "out" / "ablations.json").read_text())["sections"]["augmentation"]["verdict"]
+    assert "tie on validation ROC-AUC" in verdict and "leads on validation ROC-AUC" not in verdict
+    assert "shipped (1.25) trails" in verdict and "on validation ROC-AUC by 0.0010, within the seed spread" in verdict
+    assert "light (0.5) leads on stress-minimum AUC by 0.0001, within the seed spread (0.0006)" in verdict
+    assert "none (0) trails light (0.5) on stress-minimum AUC by 0.0154, beyond the seed spread (0.0006)" in verdict
