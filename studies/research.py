@@ -167,15 +167,16 @@ def _matches_metadata(metadata: BundleMetadata, per_condition: dict) -> dict:
 
 def plateau(history: list[dict], tolerance: float) -> dict:
     """Best validation-AUC epoch, and the first epoch from which every later one stays within `tolerance` of
-    the best (1-based): where validation stops resolving any improvement."""
+    the best (1-based): where validation stops resolving any improvement. None when the last epoch itself has
+    fallen out of tolerance: the run never settled: its last epoch scores worse than its best by more than the tolerance."""
     aucs = [row["val_auc"] for row in history]
     best = int(np.argmax(aucs))
-    settled = next(i for i in range(len(aucs)) if min(aucs[i:]) >= aucs[best] - tolerance)
+    settled = next((i + 1 for i in range(len(aucs)) if min(aucs[i:]) >= aucs[best] - tolerance), None)
     return {
         "epochs": len(aucs),
         "best_epoch": best + 1,
         "best_val_auc": round(aucs[best], 4),
-        "within_tolerance_from_epoch": settled + 1,
+        "within_tolerance_from_epoch": settled,
         "tolerance": round(tolerance, 4),
         "minutes_to_best": round(history[best].get("elapsed_s", float("nan")) / 60, 1),
     }
@@ -315,7 +316,7 @@ def epoch_markdown(runs: dict) -> list[str]:
         pl = run["plateau"]
         lines.append(
             f"| {name} | {run['image_size']} | {pl['epochs']} | {pl['best_epoch']} ({pl['best_val_auc']:.4f}) | "
-            f"{pl['within_tolerance_from_epoch']} | {pl['tolerance']:.4f} | {run['final_val_auc_ci']} | {run['final_stress_min_auc']:.3f} |"
+            f"{pl['within_tolerance_from_epoch'] or 'never (the last epoch fell out)'} | {pl['tolerance']:.4f} | {run['final_val_auc_ci']} | {run['final_stress_min_auc']:.3f} |"
         )
     return lines
 

@@ -60,6 +60,13 @@ def test_plateau_is_where_every_later_epoch_stays_within_tolerance_of_the_best()
     assert research.plateau(history, 0.03)["within_tolerance_from_epoch"] == 5
 
 
+def test_a_run_whose_last_epoch_falls_out_of_tolerance_never_settles():
+    aucs = [0.90, 0.97, 0.95]
+    history = [{"val_auc": a, "elapsed_s": 60.0 * (i + 1)} for i, a in enumerate(aucs)]
+    assert research.plateau(history, 0.01)["within_tolerance_from_epoch"] is None
+    assert research.plateau(history, 0.03)["within_tolerance_from_epoch"] == 2
+
+
 def test_one_command_writes_the_study_from_validation_only(tiny_run, tiny_dataset, tiny_bundle, tmp_path):
     out = tmp_path / "research"
     code = research.main(
