@@ -23,10 +23,9 @@ from app.config import Settings
 from bench.floor import measure_floor, measure_throughput
 from bench.loadgen import Upload, round_trip, run_level
 from bench.report import compute_ratios, evaluate_targets, render_markdown
-from bench.servers import REPO_ROOT, Server, clean_env
+from bench.servers import DEFAULT_BUNDLE, SAMPLES, Server, clean_env
 from pneumonia.bundle import METADATA_FILENAME, read_metadata
 
-SAMPLES = REPO_ROOT / "tests" / "data" / "samples"
 RESULTS = Path(__file__).resolve().parent / "results"
 LEVELS = (1, 4, 16)
 RAW_LEVELS = (1, 4)  # the raw-body form of /predict (Content-Type image/jpeg): its own rows
@@ -280,9 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
         description=__doc__,
         epilog="The other benchmarks: pneumonia bench explain | explain-latency | ood | sessions (each with --help).",
     )
-    parser.add_argument(
-        "--bundle", type=Path, default=REPO_ROOT / "models" / "default", help="model bundle (default: models/default)"
-    )
+    parser.add_argument("--bundle", type=Path, default=DEFAULT_BUNDLE, help="model bundle (default: models/default)")
     parser.add_argument(
         "--quick", action="store_true", help="short smoke run (few requests; numbers are indicative only)"
     )

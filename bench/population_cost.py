@@ -29,12 +29,11 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.servers import REPO_ROOT
+from bench.servers import DEFAULT_BUNDLE, SAMPLES
 from pneumonia.imaging import to_model_input
 from pneumonia.input_check import InputChecker, channel_features, exposure
 from pneumonia.model import Model
 
-SAMPLES = REPO_ROOT / "tests" / "data" / "samples"
 RESULTS = Path(__file__).resolve().parent / "results"
 TARGET_MS = 0.5
 VARIANTS = ("full", "no population/quality", "schema 2")
@@ -189,7 +188,7 @@ def write(result: dict, out: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.population_cost", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--bundle", type=Path, default=REPO_ROOT / "models" / "default")
+    parser.add_argument("--bundle", type=Path, default=DEFAULT_BUNDLE)
     parser.add_argument("--repetitions", type=int, default=300, help="timed calls per sample and variant")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)

@@ -13,6 +13,9 @@ from pathlib import Path
 import httpx
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# the committed sample X-rays every benchmark sends or scores, and the bundle they measure by default
+SAMPLES = REPO_ROOT / "tests" / "data" / "samples"
+DEFAULT_BUNDLE = REPO_ROOT / "models" / "default"
 
 
 def free_port() -> int:

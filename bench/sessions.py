@@ -28,13 +28,12 @@ import numpy as np
 import onnxruntime as ort
 
 from bench.floor import closed_loop_rps, time_calls
-from bench.servers import REPO_ROOT
+from bench.servers import DEFAULT_BUNDLE, SAMPLES
 from bench.stats import summarize_ms
 from pneumonia.bundle import ONNX_FILENAME, BundleMetadata, read_metadata
 from pneumonia.imaging import decode_image, to_model_input
 from pneumonia.inference import OnnxClassifier
 
-SAMPLES = REPO_ROOT / "tests" / "data" / "samples"
 LEVELS = (1, 4, 16)
 Run = Callable[[np.ndarray], object]
 Score = Callable[[bytes], object]  # one request: decode + resize + run
@@ -129,7 +128,7 @@ def render(rows: dict[str, dict], requests: int) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.sessions", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--bundle", type=Path, default=REPO_ROOT / "models" / "default")
+    parser.add_argument("--bundle", type=Path, default=DEFAULT_BUNDLE)
     parser.add_argument("--requests", type=int, default=600, help="requests per measurement (default 600)")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     args = parser.parse_args(argv)

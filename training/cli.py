@@ -213,7 +213,21 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-# ---- input-check ----
+# ---- input-check, population-check, image-quality: refits of a bundle's checks ----
+
+
+def _add_refit_arguments(parser: argparse.ArgumentParser, bundle_help: str) -> None:
+    """The arguments every refit verb shares: the bundle, the split and data it was trained on, where to write."""
+    parser.add_argument("--bundle", required=True, help=f"{bundle_help}; required")
+    parser.add_argument(
+        "--split", required=True, help="split.csv the bundle was trained with (e.g. results/<run>/split.csv); required"
+    )
+    parser.add_argument(
+        "--data", required=True, help="dataset root the split's relative paths resolve against; required"
+    )
+    parser.add_argument(
+        "--out", help="bundle directory to write (default: replace --bundle, only once the new one is complete)"
+    )
 
 
 def add_input_check(sub: argparse._SubParsersAction) -> None:
@@ -222,16 +236,7 @@ def add_input_check(sub: argparse._SubParsersAction) -> None:
         help="re-export an existing bundle's model.onnx in the current served form (input-check statistics, "
         "explanation activation) and fit the input check (OOD detector, orientation) on its recorded split",
     )
-    check.add_argument("--bundle", required=True, help="bundle directory to start from; required")
-    check.add_argument(
-        "--split", required=True, help="split.csv the bundle was trained with (e.g. results/<run>/split.csv); required"
-    )
-    check.add_argument(
-        "--data", required=True, help="dataset root the split's relative paths resolve against; required"
-    )
-    check.add_argument(
-        "--out", help="bundle directory to write (default: replace --bundle, only once the new one is complete)"
-    )
+    _add_refit_arguments(check, "bundle directory to start from")
     check.set_defaults(func=cmd_input_check)
 
 
@@ -245,22 +250,16 @@ def cmd_input_check(args: argparse.Namespace) -> int:
     return 0
 
 
-# ---- population-check ----
-
-
 def add_population_check(sub: argparse._SubParsersAction) -> None:
     check = sub.add_parser(
         "population-check",
         help="declare a bundle's population and fit its population check (training films against adult films of "
         "two collections) and image-quality range; writes a schema-3 bundle",
     )
-    check.add_argument("--bundle", required=True, help="bundle directory to start from (schema 2); required")
-    check.add_argument("--split", required=True, help="split.csv the bundle was trained with; required")
-    check.add_argument("--data", required=True, help="dataset root the split's paths resolve against; required")
+    _add_refit_arguments(check, "bundle directory to start from (schema 2)")
     check.add_argument(
         "--adults", required=True, help="folder with nih/ and ieee8023/ adult films and their tables; required"
     )
-    check.add_argument("--out", help="bundle directory to write (default: replace --bundle once complete)")
     check.add_argument("--evidence", help="folder for the generalisation and external-test numbers (population.json)")
     check.add_argument(
         "--population",
@@ -292,10 +291,7 @@ def add_image_quality(sub: argparse._SubParsersAction) -> None:
         help="re-choose a schema-3 bundle's image-quality actions, one per rule (contrast, exposure), from its "
         "validation films perturbed for each rule; writes a new bundle (models unchanged)",
     )
-    quality.add_argument("--bundle", required=True, help="schema-3 bundle directory; required")
-    quality.add_argument("--split", required=True, help="split.csv the bundle was trained with (validation rows)")
-    quality.add_argument("--data", required=True, help="dataset root the split's paths resolve against; required")
-    quality.add_argument("--out", help="bundle directory to write (default: replace --bundle once complete)")
+    _add_refit_arguments(quality, "schema-3 bundle directory")
     quality.add_argument("--evidence", help="evidence folder whose population.json `quality` entry is updated")
     quality.set_defaults(func=cmd_image_quality, tensorflow=False)
 
